@@ -1,0 +1,236 @@
+"""The artifact writer: owns the folder format, the versioned manifest with checksums, and the atomic write.
+
+An artifact folder:
+  manifest.json         schema version, dims, precision plan, source + hash, versions, graph I/O, every file's sha256
+  model.mef             the mel, encoder and decoder graphs compiled into one MAX executable (weights not inside)
+  weights.safetensors   weights in the names, layout and dtype the graphs bind (incl. the mel filterbank)
+  vocab.json            id → token table for decoding (tokenizer.json is copied too when the checkpoint has one)
+  ops.mojoc             the project's Mojo ops, precompiled (already inside model.mef; kept for rebuilding graphs)
+  parity.json           compile-time parity of each stage against the numpy reference
+  mwc_runtime/          the runtime (max + numpy only): the same modules the mwc library runs
+  loader.py             generated entry point: ``python loader.py audio.wav`` or ``load(dir).transcribe(path)``
+Serialization: ``CompiledModel.export_mef`` — reloads in a new process in milliseconds with no compiler run, the
+custom ops inside; a serialized graph (MLIR) would need a full recompile (minutes) on every load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from importlib.metadata import version
+from pathlib import Path
+from typing import Callable
+
+
+from . import __version__
+from .checkpoint import Checkpoint
+from .errors import MwcError
+from .precision import PrecisionPlan
+from .runtime.model import SCHEMA_VERSION
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def resource_dir(name: str) -> Path:
+    """ops/ and templates/: next to compiler/ in a checkout, inside the package when installed."""
+    for base in (PACKAGE_DIR / "_data", PACKAGE_DIR.parent):
+        if (base / name).is_dir():
+            return base / name
+    raise MwcError(f"{name}/ not found next to the mwc package; reinstall mwc (pip install .)")
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def model_name(ck: Checkpoint) -> str:
+    d = ck.dims
+    sizes = {(384, 4, 4): "tiny", (512, 6, 6): "base", (768, 12, 12): "small", (1024, 24, 24): "medium",
+             (1280, 32, 32): "large-v3" if d.n_mels == 128 else "large-v2", (1280, 32, 4): "large-v3-turbo"}
+    size = sizes.get((d.n_audio_state, d.n_audio_layer, d.n_text_layer), f"custom-{d.n_audio_state}")
+    return f"whisper-{size}{'' if ck.multilingual else '.en'}"
+
+
+def cpu_target() -> dict:
+    flags: list[str] = []
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                wanted = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_bf16", "amx_bf16", "f16c")
+                flags = sorted(set(line.split(":", 1)[1].split()) & set(wanted))
+                break
+    except OSError:
+        pass
+    return {"arch": platform.machine(), "os": platform.system().lower(), "cpu_flags": flags}
+
+
+@contextmanager
+def atomic_folder(out: Path, force: bool):
+    """Yield a temp folder beside ``out``; on success it replaces ``out``, on failure nothing is left behind."""
+    if out.exists() and not force:
+        raise MwcError(f"{out}: already exists; pass --force to replace it or -o to write elsewhere")
+    if out.exists() and not out.is_dir():
+        raise MwcError(f"{out}: exists and is not a folder; choose another -o")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def precompile_ops(ops_dir: Path, dest: Path) -> None:
+    mojo = Path(sys.executable).parent / "mojo"
+    cmd = [str(mojo) if mojo.exists() else "mojo", "precompile", str(ops_dir), "-o", str(dest)]
+    try:
+        subprocess.run(cmd, check=True, capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError) as e:
+        detail = getattr(e, "stderr", "") or str(e)
+        raise MwcError(f"{ops_dir}: mojo precompile failed: {detail.strip().splitlines()[-1:]}") from e
+
+
+def graph_io(models: dict) -> dict:
+    return {name: {"inputs": [{"name": t.name, "shape": [s if isinstance(s, int) else None for s in t.shape],
+                               "dtype": str(t.dtype)} for t in m.input_metadata],
+                   "outputs": [{"name": t.name, "shape": [s if isinstance(s, int) else None for s in t.shape],
+                                "dtype": str(t.dtype)} for t in m.output_metadata]}
+            for name, m in models.items()}
+
+
+def write_artifact(ck: Checkpoint, plan: PrecisionPlan, out: Path, *, device: str, attention: str, force: bool,
+                   parity: bool = True, log: Callable[[str], None] = print) -> dict:
+    """checkpoint → weights → graphs → compiled .mef → artifact folder, written atomically."""
+    from max.driver import CPU
+    from max.engine import InferenceSession
+    from max.graph import DeviceRef
+    from safetensors.numpy import save_file
+
+    from .graph import build_module
+    from .loader import render_loader
+    from .weights import graph_weights
+
+    if device != "cpu":
+        raise MwcError(f"--device {device}: GPU kernels are not built yet; compile with --device cpu")
+    ops_dir = resource_dir("ops")
+    name = model_name(ck)
+    timings: dict[str, float] = {}
+
+    def stage(label: str):
+        log(f"  {label} ...")
+        return time.perf_counter()
+
+    with atomic_folder(out, force) as tmp:
+        t = stage("weights: layout and dtype for the graphs")
+        weights = graph_weights(ck, plan)
+        save_file(weights, str(tmp / "weights.safetensors"), metadata={"format": "mwc", "precision": plan.name})
+        timings["weights_s"] = time.perf_counter() - t
+
+        t = stage("graph: build mel, encoder and decoder")
+        module = build_module(ck.dims, plan, DeviceRef.CPU(), ops_dir, attention=attention)
+        timings["build_s"] = time.perf_counter() - t
+
+        t = stage("compile: MAX graph compiler (minutes when cold; cached in ~/.cache/modular)")
+        session = InferenceSession(devices=[CPU()])
+        try:
+            # a Module does not carry its graphs' custom_extensions: the session must be given them
+            compiled = session.compile(module, custom_extensions=[ops_dir])
+        except Exception as e:  # the MAX compiler raises several types; all mean the same to the user
+            raise MwcError(f"{ck.source}: MAX failed to compile the graphs ({type(e).__name__}: "
+                           f"{str(e).strip().splitlines()[-1][:300] if str(e).strip() else ''})") from e
+        compiled.export_mef(str(tmp / "model.mef"))
+        timings["compile_s"] = time.perf_counter() - t
+
+        t = stage("ops: precompile the Mojo kernels")
+        precompile_ops(ops_dir, tmp / "ops.mojoc")
+        timings["ops_s"] = time.perf_counter() - t
+
+        (tmp / "vocab.json").write_text(json.dumps(ck.vocab, ensure_ascii=False), encoding="utf-8")
+        for src in ck.source_files:
+            if src.name == "tokenizer.json":
+                shutil.copyfile(src, tmp / "tokenizer.json")
+        shutil.copytree(PACKAGE_DIR / "runtime", tmp / "mwc_runtime",
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "name": name,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "versions": {"mwc": __version__, "max": version("max"), "mojo": version("mojo"),
+                         "python": platform.python_version()},
+            "source": {"checkpoint": ck.source, "format": ck.source_format, "sha256": ck.source_sha256(),
+                       "files": sorted(p.name for p in ck.source_files)},
+            "dims": ck.dims.to_dict(),
+            "precision": plan.to_dict(),
+            "device": device,
+            "target": cpu_target(),
+            "attention": attention,
+            "serialization": {"format": "mef", "file": "model.mef",
+                              "why": "CompiledModel.export_mef reloads in a new process without compiling; "
+                                     "a serialized graph would need a full recompile on every load"},
+            "tokens": ck.tokens.to_dict(),
+            "generation": ck.generation.to_dict(),
+            "timings": {},
+        }
+        (tmp / "manifest.json").write_text(json.dumps({**manifest, "files": {}}, indent=2))
+
+        t = stage("reload: the artifact in this process, as a consumer would")
+        from .runtime.model import Whisper
+
+        runtime = Whisper(tmp)
+        manifest["graphs"] = graph_io(runtime.models)
+        timings["reload_s"] = time.perf_counter() - t
+
+        if parity:
+            from .parity import stage_parity
+
+            t = stage("parity: mel, encoder and decoder against the numpy float64 reference")
+            report = stage_parity(ck, runtime)
+            (tmp / "parity.json").write_text(json.dumps(report, indent=2))
+            timings["parity_s"] = time.perf_counter() - t
+            if not report["passed"]:
+                failed = [k for k, v in report["stages"].items() if not v["passed"]]
+                raise MwcError(f"{ck.source}: the compiled graphs disagree with the reference "
+                               f"({', '.join(failed)}); see the numbers above — nothing was written")
+
+        (tmp / "loader.py").write_text(render_loader(manifest))
+        manifest["timings"] = {k: round(v, 3) for k, v in timings.items()}
+        files = sorted(p for p in tmp.rglob("*") if p.is_file() and p.name != "manifest.json"
+                       and "__pycache__" not in p.parts)
+        manifest["files"] = {str(p.relative_to(tmp)): {"sha256": sha256(p), "bytes": p.stat().st_size}
+                             for p in files}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def verify_checksums(folder: Path) -> list[str]:
+    """Files whose sha256 differs from the manifest's (or that are missing)."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    bad = []
+    for rel, info in manifest["files"].items():
+        p = folder / rel
+        if not p.is_file() or sha256(p) != info["sha256"]:
+            bad.append(rel)
+    return bad
+
+

@@ -1,0 +1,141 @@
+"""The ``mwc`` command line (click). Every MwcError becomes one line on stderr and exit status 1."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import MwcError
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except MwcError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, prog_name="mwc")
+def main() -> None:
+    """mwc — compile Whisper checkpoints into MAX Graph artifacts and run them."""
+
+
+@main.command("compile")
+@click.argument("model")
+@click.option("--fp32", "precision", flag_value="fp32", default=True, help="float32 everywhere (default)")
+@click.option("--fp16", "precision", flag_value="fp16", help="float16 with fp32-sensitive ops (not yet available)")
+@click.option("--bf16", "precision", flag_value="bf16", help="bfloat16 with fp32-sensitive ops (not yet available)")
+@click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
+@click.option("--attention", type=click.Choice(["mojo", "max"]), default="mojo", show_default=True,
+              help="attention kernel: the Mojo op in ops/, or MAX's matmul+softmax for non-causal attention")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="artifact folder (default: artifacts/NAME-PRECISION-DEVICE)")
+@click.option("--force", is_flag=True, help="replace an existing artifact folder")
+@click.option("--no-parity", is_flag=True, help="skip the compile-time parity check against the numpy reference")
+def compile_cmd(model: str, precision: str, device: str, attention: str, output: Path | None, force: bool,
+                no_parity: bool) -> None:
+    """Compile MODEL (a hub id like whisper-small, a Hugging Face folder or a faster-whisper folder)."""
+    from .artifact import model_name, write_artifact
+    from .precision import plan_for
+    from .readers import load_checkpoint
+
+    t0 = time.perf_counter()
+    plan = plan_for(precision, device)
+    click.echo(f"[1/2] checkpoint: reading {model}")
+    ck = load_checkpoint(model)
+    d = ck.dims
+    click.echo(f"      {model_name(ck)}: {d.n_audio_layer}+{d.n_text_layer} layers, d={d.n_audio_state}, "
+               f"{d.n_mels} mels, vocab {d.n_vocab} ({ck.source_format}, {time.perf_counter() - t0:.1f} s)")
+    out = output or Path("artifacts") / f"{model_name(ck)}-{plan.name}-{device}"
+    if out.exists() and not force:
+        raise MwcError(f"{out}: already exists; pass --force to replace it or -o to write elsewhere")
+    click.echo(f"[2/2] artifact: {out}")
+    manifest = write_artifact(ck, plan, out, device=device, attention=attention, force=force,
+                              parity=not no_parity, log=click.echo)
+    size = sum(f["bytes"] for f in manifest["files"].values())
+    tm = manifest["timings"]
+    click.echo(f"done in {time.perf_counter() - t0:.1f} s (compile {tm['compile_s']:.1f} s): {out} "
+               f"({size / 1e6:.1f} MB)")
+    if not no_parity:
+        report = json.loads((out / "parity.json").read_text())
+        for stage, s in report["stages"].items():
+            click.echo(f"      parity {stage:15s} max_abs {s['max_abs']:.2e}  max_rel {s['max_rel']:.2e}  ok")
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="print the whole manifest")
+@click.option("--check", is_flag=True, help="verify every file's sha256 against the manifest")
+def inspect(artifact: Path, as_json: bool, check: bool) -> None:
+    """Print an artifact's manifest."""
+    from .artifact import verify_checksums
+    from .runtime.model import ArtifactError, read_manifest
+
+    try:
+        m = read_manifest(artifact)
+    except ArtifactError as e:
+        raise MwcError(str(e)) from e
+    if as_json:
+        click.echo(json.dumps(m, indent=2))
+    else:
+        d = m["dims"]
+        click.echo(f"{m['name']}  ({artifact})")
+        click.echo(f"  source     {m['source']['checkpoint']} [{m['source']['format']}] "
+                   f"sha256 {m['source']['sha256'][:16]}…")
+        click.echo(f"  dims       mels {d['n_mels']}, audio {d['n_audio_layer']}×{d['n_audio_state']} "
+                   f"({d['n_audio_head']} heads), text {d['n_text_layer']}×{d['n_text_state']} "
+                   f"({d['n_text_head']} heads), vocab {d['n_vocab']}")
+        click.echo(f"  precision  {m['precision']['name']}  device {m['device']}  attention {m['attention']}")
+        click.echo(f"  built      mwc {m['versions']['mwc']}, max {m['versions']['max']}, "
+                   f"mojo {m['versions']['mojo']}, {m['target']['arch']} {' '.join(m['target']['cpu_flags'])}")
+        click.echo(f"  graphs     {', '.join(m.get('graphs', {}))}  ({m['serialization']['format']})")
+        for rel, f in m["files"].items():
+            if "/" not in rel:
+                click.echo(f"  file       {rel:22s} {f['bytes'] / 1e6:9.2f} MB  {f['sha256'][:12]}")
+    if check:
+        bad = verify_checksums(artifact)
+        if bad:
+            raise MwcError(f"{artifact}: checksum mismatch in {', '.join(bad)}; the artifact was modified — "
+                           "recompile it")
+        click.echo(f"  checksums  all {len(m['files'])} files match")
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.argument("audio", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--language", default=None, help="language code (multilingual models; default: detect)")
+@click.option("--without-timestamps", is_flag=True, help="decode without timestamp tokens")
+def transcribe(artifact: Path, audio: tuple[Path, ...], language: str | None, without_timestamps: bool) -> None:
+    """Transcribe AUDIO files with a compiled ARTIFACT."""
+    from .runtime.audio import AudioError
+    from .runtime.model import ArtifactError, Whisper
+
+    try:
+        model = Whisper(artifact)
+    except ArtifactError as e:
+        raise MwcError(str(e)) from e
+    failed = 0
+    for path in audio:
+        t = time.perf_counter()
+        try:
+            result = model.transcribe(path, language=language, without_timestamps=without_timestamps)
+        except AudioError as e:
+            click.echo(f"error: {e}", err=True)
+            failed += 1
+            continue
+        click.echo(result["text"] if len(audio) == 1 else f"{path}\t{result['text']}")
+        click.echo(f"  ({time.perf_counter() - t:.2f} s)", err=True)
+    if failed:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

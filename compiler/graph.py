@@ -1,0 +1,179 @@
+"""MAX graphs for Whisper, block by block against openai/whisper's model.py.
+
+One ``Module`` holds three graphs that compile into one .mef:
+  ``mel``      audio (samples,) → log-mel (n_mels, samples // 160)             [Mojo op ``mwc_log_mel``]
+  ``encoder``  mel (batch, n_mels, frames) → audio features (batch, frames/2, d), and every decoder layer's
+               cross-attention K and V (layers, batch, heads, frames/2, 64), computed once per window
+  ``decoder``  tokens (batch, t) + self-attention cache (layers, batch, heads, past, 64) + cross K/V
+               → logits (batch, t, vocab) and the cache grown to past + t
+One decoder graph serves the prompt (t tokens, past 0) and each step (t = 1): the cache is a graph input and
+output whose ``past`` dim is symbolic (design A of the KV-cache notes: verified exact on CPU).
+Attention runs as the Mojo op ``mwc_attention`` ("mojo", the default) or, where it is not causal, as MAX's own
+matmul/softmax ("max"); causal attention is always the Mojo op (see ``attention``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from max.dtype import DType
+from max.graph import DeviceRef, Graph, Module, TensorType, TensorValue, Weight, ops
+
+from .checkpoint import ModelDimensions
+from .precision import PrecisionPlan
+
+ATTENTION_IMPLS = ("mojo", "max")
+
+
+def _dtype(name: str) -> DType:
+    return {"float32": DType.float32, "float16": DType.float16, "bfloat16": DType.bfloat16}[name]
+
+
+class WhisperGraphs:
+    def __init__(self, dims: ModelDimensions, plan: PrecisionPlan, device: DeviceRef, attention: str):
+        if attention not in ATTENTION_IMPLS:
+            raise ValueError(f"attention must be one of {ATTENTION_IMPLS}")
+        self.dims, self.plan, self.device, self.attention_impl = dims, plan, device, attention
+        self.wdtype = _dtype(plan.weights)
+        self.graph: Graph | None = None
+
+    def extensions(self, ops_dir: Path, causal: bool = False) -> list[Path]:
+        return [ops_dir] if self.attention_impl == "mojo" or causal else []
+
+    # --- helpers -------------------------------------------------------------------------------------------------
+    def w(self, name: str, shape: tuple[int, ...]) -> TensorValue:
+        assert self.graph is not None
+        return self.graph.add_weight(Weight(name, self.wdtype, shape, self.device))
+
+    def linear(self, x: TensorValue, name: str, n_out: int, n_in: int, bias: bool = True) -> TensorValue:
+        y = x @ self.w(name + ".weight", (n_out, n_in)).T
+        return y + self.w(name + ".bias", (n_out,)) if bias else y
+
+    def layer_norm(self, x: TensorValue, name: str, n: int) -> TensorValue:
+        return ops.layer_norm(x, self.w(name + ".weight", (n,)), self.w(name + ".bias", (n,)), 1e-5)
+
+    def heads(self, x: TensorValue, n_head: int) -> TensorValue:
+        """(B, T, H*64) → (B, H, T, 64)."""
+        b, t, d = x.shape
+        return ops.permute(ops.reshape(x, [b, t, n_head, int(d) // n_head]), [0, 2, 1, 3])
+
+    def merge(self, x: TensorValue) -> TensorValue:
+        """(B, H, T, 64) → (B, T, H*64)."""
+        b, h, t, dh = x.shape
+        return ops.reshape(ops.permute(x, [0, 2, 1, 3]), [b, t, int(h) * int(dh)])
+
+    def attention(self, q: TensorValue, k: TensorValue, v: TensorValue, causal: bool = False) -> TensorValue:
+        """softmax(q k^T / sqrt(64) [+ causal mask]) v on (B, H, T, 64) tensors.
+
+        Causal (decoder self-attention over the cache): key j is visible to query i iff j <= i + (Tk - Tq).
+        """
+        if self.attention_impl == "mojo" or causal:
+            # MAX 26.7 miscompiles softmax over a where()-masked score tensor (NaNs or the mask dropped; seen
+            # with -inf, finite and additive masks), so causal attention always runs the Mojo op.
+            return ops.custom("mwc_attention", self.device, [q, k, v], [TensorType(q.dtype, q.shape, self.device)],
+                              parameters={"causal": causal})[0].tensor
+        scale = 1.0 / float(int(q.shape[-1])) ** 0.5
+        s = (q @ ops.permute(k, [0, 1, 3, 2])) * scale
+        return ops.softmax(s) @ v
+
+    def mlp(self, x: TensorValue, p: str, n: int) -> TensorValue:
+        h = ops.gelu(self.linear(x, p + ".mlp.0", 4 * n, n))
+        return self.linear(h, p + ".mlp.2", n, 4 * n)
+
+    def self_attention(self, x: TensorValue, p: str, n: int, n_head: int, cache: tuple | None = None):
+        """openai's MultiHeadAttention with fused QKV; with a cache, K/V are appended to the past ones."""
+        q, k, v = ops.split(self.linear(x, p + ".attn.qkv", 3 * n, n), [n, n, n], axis=-1)
+        q, k, v = self.heads(q, n_head), self.heads(k, n_head), self.heads(v, n_head)
+        if cache is not None:
+            k = ops.concat([cache[0], k], axis=2)
+            v = ops.concat([cache[1], v], axis=2)
+        out = self.linear(self.merge(self.attention(q, k, v, causal=cache is not None)), p + ".attn.out", n, n)
+        return out, (k, v)
+
+    # --- the three graphs ----------------------------------------------------------------------------------------
+    def build_mel(self, module: Module, ops_dir: Path) -> None:
+        d = self.dims
+        audio_t = TensorType(DType.float32, ["samples"], self.device)
+        with Graph("mel", input_types=[audio_t], module=module, custom_extensions=[ops_dir]) as g:
+            self.graph = g
+            audio = g.inputs[0].tensor
+            filters = self.w("mel_filters", (d.n_mels, 201))
+            if filters.dtype != DType.float32:
+                filters = ops.cast(filters, DType.float32)
+            out_t = TensorType(DType.float32, [d.n_mels, audio.shape[0] // 160], self.device)
+            g.output(ops.custom("mwc_log_mel", self.device, [audio, filters], [out_t])[0].tensor)
+
+    def build_encoder(self, module: Module, ops_dir: Path) -> None:
+        d, n = self.dims, self.dims.n_audio_state
+        mel_t = TensorType(DType.float32, ["batch", d.n_mels, "frames"], self.device)
+        with Graph("encoder", input_types=[mel_t], module=module, custom_extensions=self.extensions(ops_dir)) as g:
+            self.graph = g
+            x = g.inputs[0].tensor
+            if self.wdtype != DType.float32:
+                x = ops.cast(x, self.wdtype)
+            # conv1d(k=3, pad=1) as conv2d over (B, 1, frames, n_mels) NHWC with RSCF filters
+            x = ops.unsqueeze(ops.permute(x, [0, 2, 1]), 1)
+            x = ops.gelu(ops.conv2d(x, self.w("encoder.conv1.weight", (1, 3, d.n_mels, n)), stride=(1, 1),
+                                    padding=(0, 0, 1, 1), bias=self.w("encoder.conv1.bias", (n,))))
+            x = ops.gelu(ops.conv2d(x, self.w("encoder.conv2.weight", (1, 3, n, n)), stride=(1, 2),
+                                    padding=(0, 0, 1, 1), bias=self.w("encoder.conv2.bias", (n,))))
+            x = ops.squeeze(x, 1)  # (B, T, n)
+            t = x.shape[1]
+            pos = self.w("encoder.positional_embedding", (d.n_audio_ctx, n))
+            x = x + ops.slice_tensor(pos, [(slice(0, ops.shape_to_tensor([t]).reshape([])), t)])
+            for i in range(d.n_audio_layer):  # ResidualAttentionBlock
+                p = f"encoder.blocks.{i}"
+                x = x + self.self_attention(self.layer_norm(x, p + ".attn_ln", n), p, n, d.n_audio_head)[0]
+                x = x + self.mlp(self.layer_norm(x, p + ".mlp_ln", n), p, n)
+            xa = self.layer_norm(x, "encoder.ln_post", n)
+            ks, vs = [], []
+            m = d.n_text_state
+            for i in range(d.n_text_layer):  # each decoder layer's cross-attention K/V, once per window
+                k, v = ops.split(self.linear(xa, f"decoder.blocks.{i}.cross_attn.kv", 2 * m, n), [m, m], axis=-1)
+                ks.append(self.heads(k, d.n_text_head))
+                vs.append(self.heads(v, d.n_text_head))
+            g.output(xa, ops.stack(ks), ops.stack(vs))
+
+    def build_decoder(self, module: Module, ops_dir: Path) -> None:
+        d, n = self.dims, self.dims.n_text_state
+        dh = n // d.n_text_head
+        cache_t = TensorType(self.wdtype, [d.n_text_layer, "batch", d.n_text_head, "past", dh], self.device)
+        cross_t = TensorType(self.wdtype, [d.n_text_layer, "batch", d.n_text_head, "n_audio", dh], self.device)
+        types = [TensorType(DType.int64, ["batch", "t"], self.device), cache_t, cache_t, cross_t, cross_t]
+        with Graph("decoder", input_types=types, module=module, custom_extensions=self.extensions(ops_dir, causal=True)) as g:
+            self.graph = g
+            tokens, k_cache, v_cache, cross_k, cross_v = (v.tensor for v in g.inputs)
+            t, past = tokens.shape[1], k_cache.shape[3]
+            emb = self.w("decoder.token_embedding.weight", (d.n_vocab, n))
+            pos = self.w("decoder.positional_embedding", (d.n_text_ctx, n))
+            p0 = ops.shape_to_tensor([past]).reshape([])
+            x = ops.gather(emb, tokens, axis=0)
+            x = x + ops.slice_tensor(pos, [(slice(p0, p0 + ops.shape_to_tensor([t]).reshape([])), t)])
+            new_k, new_v = [], []
+            for i in range(d.n_text_layer):  # ResidualAttentionBlock with cross-attention
+                p = f"decoder.blocks.{i}"
+                a, (k, v) = self.self_attention(self.layer_norm(x, p + ".attn_ln", n), p, n, d.n_text_head,
+                                                cache=(k_cache[i], v_cache[i]))
+                x = x + a
+                new_k.append(k)
+                new_v.append(v)
+                h = self.layer_norm(x, p + ".cross_attn_ln", n)
+                q = self.heads(self.linear(h, p + ".cross_attn.query", n, n), d.n_text_head)
+                x = x + self.linear(self.merge(self.attention(q, cross_k[i], cross_v[i])),
+                                    p + ".cross_attn.out", n, n)
+                x = x + self.mlp(self.layer_norm(x, p + ".mlp_ln", n), p, n)
+            x = self.layer_norm(x, "decoder.ln", n)
+            logits = x @ emb.T  # tied to the token embedding
+            if logits.dtype != DType.float32:
+                logits = ops.cast(logits, DType.float32)
+            g.output(logits, ops.stack(new_k), ops.stack(new_v))
+
+
+def build_module(dims: ModelDimensions, plan: PrecisionPlan, device: DeviceRef, ops_dir: Path,
+                 attention: str = "mojo") -> Module:
+    module = Module()
+    b = WhisperGraphs(dims, plan, device, attention)
+    b.build_mel(module, ops_dir)
+    b.build_encoder(module, ops_dir)
+    b.build_decoder(module, ops_dir)
+    return module

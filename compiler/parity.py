@@ -1,0 +1,73 @@
+"""Stage-by-stage parity of a loaded artifact against the numpy float64 reference.
+
+Run at compile time on a deterministic test signal (so every artifact ships its own parity.json); the tests run the
+same comparison on real speech. Tolerances are those of the artifact's precision.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .checkpoint import Checkpoint
+from .reference import NumpyWhisper, log_mel_spectrogram
+from .runtime.audio import N_FRAMES, N_SAMPLES, SAMPLE_RATE
+
+TOLERANCES = {"fp32": {"mel_abs": 1e-4, "encoder_rel": 1e-3, "logits_rel": 1e-3}}
+
+
+def test_signal(seconds: float = 4.0, seed: int = 0) -> np.ndarray:
+    """Chirps and a little noise: energy across the whole mel range, reproducible anywhere."""
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    rng = np.random.default_rng(seed)
+    x = 0.3 * np.sin(2 * np.pi * (100 + 900 * t) * t) + 0.2 * np.sin(2 * np.pi * 3000 * t * (1 + 0.1 * t))
+    return (x * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t)) + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def _stats(got: np.ndarray, want: np.ndarray) -> dict:
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    diff = np.abs(got - want)
+    scale = float(np.abs(want).max()) or 1.0
+    cos = float((got * want).sum() / (np.linalg.norm(got) * np.linalg.norm(want) + 1e-30))
+    return {"max_abs": float(diff.max()), "max_rel": float(diff.max() / scale), "cosine": cos}
+
+
+def stage_parity(ck: Checkpoint, runtime, audio: np.ndarray | None = None, frames: int | None = None) -> dict:
+    """Compare mel, encoder output, cross K/V and decoder logits (prompt + one cached step)."""
+    tol = TOLERANCES[runtime.manifest["precision"]["name"]]
+    d = ck.dims
+    audio = test_signal() if audio is None else audio
+    # deep models make the float64 reference slow: compare them on a shorter window (same kernels)
+    frames = frames or (N_FRAMES if d.n_audio_layer * d.n_audio_state <= 6 * 512 else 400)
+    ref = NumpyWhisper(ck)
+    stages: dict[str, dict] = {}
+
+    mel_ref = log_mel_spectrogram(audio, d.n_mels, N_SAMPLES)
+    mel = runtime.log_mel(audio)
+    s = _stats(mel, mel_ref)
+    stages["mel"] = {**s, "passed": s["max_abs"] <= tol["mel_abs"], "tolerance": {"max_abs": tol["mel_abs"]}}
+
+    window = mel_ref[:, :frames][None].astype(np.float32)
+    got = runtime.encode(window)
+    want = ref.encode(window)
+    s = _stats(got["xa"].to_numpy(), want["xa"])
+    stages["encoder"] = {**s, "passed": s["max_rel"] <= tol["encoder_rel"], "tolerance": {"max_rel": tol["encoder_rel"]}}
+    ck_ref = np.stack([k.reshape(k.shape[0], k.shape[1], d.n_text_head, -1).transpose(0, 2, 1, 3)
+                       for k, _ in want["cross"]])
+    s = _stats(got["cross_k"].to_numpy(), ck_ref)
+    stages["cross_kv"] = {**s, "passed": s["max_rel"] <= tol["encoder_rel"],
+                          "tolerance": {"max_rel": tol["encoder_rel"]}}
+
+    tk = ck.tokens
+    prompt = [tk.sot] + ([tk.languages["en"], tk.transcribe] if tk.languages else []) + [tk.timestamp_begin]
+    tokens = np.array([prompt + [440, 1029]], dtype=np.int64)
+    logits, cache = runtime.decode(tokens, got, None)
+    logits_ref, cache_ref = ref.decode(tokens, want, None)
+    step = np.array([[13]], dtype=np.int64)
+    logits2, _ = runtime.decode(step, got, cache)
+    logits2_ref, _ = ref.decode(step, want, cache_ref)
+    s = _stats(np.concatenate([logits[0], logits2[0]]), np.concatenate([logits_ref[0], logits2_ref[0]]))
+    agree = bool(np.array_equal(np.argmax(logits2[0], -1), np.argmax(logits2_ref[0], -1)))
+    stages["decoder_logits"] = {**s, "argmax_agrees": agree, "passed": s["max_rel"] <= tol["logits_rel"],
+                                "tolerance": {"max_rel": tol["logits_rel"]}}
+    return {"reference": "numpy float64", "signal": "test_signal(4 s chirps)" if audio is not None else "audio",
+            "encoder_frames": frames, "stages": stages, "passed": all(v["passed"] for v in stages.values())}

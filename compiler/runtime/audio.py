@@ -1,0 +1,110 @@
+"""Audio in: any file → 16 kHz mono float32, the way openai-whisper's ffmpeg call does it.
+
+PyAV (ffmpeg's libraries) decodes and resamples everything when installed; soundfile reads wav/flac/ogg; the
+standard library reads 16-bit PCM wav with no extra package at all.
+"""
+
+from __future__ import annotations
+
+import wave
+from pathlib import Path
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+N_FFT = 400
+HOP_LENGTH = 160
+CHUNK_LENGTH = 30
+N_SAMPLES = CHUNK_LENGTH * SAMPLE_RATE  # 480000 samples in a 30 s window
+N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 mel frames in a window
+
+
+class AudioError(Exception):
+    """The file cannot be read as audio; the message names it and says what to do."""
+
+
+def _with_pyav(path: Path) -> np.ndarray:
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise AudioError(f"{path}: no audio stream in this file")
+            resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+            chunks = []
+            for frame in container.decode(audio=0):
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray().reshape(-1))
+            for out in resampler.resample(None):
+                chunks.append(out.to_ndarray().reshape(-1))
+    except AudioError:
+        raise
+    except Exception as e:  # PyAV raises many types (InvalidDataError, ...); all mean "not decodable"
+        raise AudioError(f"{path}: cannot be decoded as audio ({type(e).__name__}); is it an audio file?") from e
+    if not chunks:
+        raise AudioError(f"{path}: holds no audio samples")
+    return np.concatenate(chunks).astype(np.float32) / 32768.0
+
+
+def _resample(x: np.ndarray, sr: int) -> np.ndarray:
+    """Band-limited resampling by FFT (used only without PyAV)."""
+    n = int(round(len(x) * SAMPLE_RATE / sr))
+    spec = np.fft.rfft(x)
+    keep = n // 2 + 1
+    out = np.zeros(keep, dtype=np.complex128)
+    m = min(keep, len(spec))
+    out[:m] = spec[:m]
+    return (np.fft.irfft(out, n) * (n / len(x))).astype(np.float32)
+
+
+def _with_soundfile(path: Path) -> np.ndarray:
+    import soundfile as sf
+
+    try:
+        data, sr = sf.read(str(path), dtype="int16", always_2d=True)
+    except Exception as e:  # soundfile raises LibsndfileError / RuntimeError for unreadable input
+        raise AudioError(f"{path}: cannot be decoded as audio ({e}); is it an audio file?") from e
+    if data.size == 0:
+        raise AudioError(f"{path}: holds no audio samples")
+    x = data.astype(np.float32).mean(axis=1) / 32768.0
+    return x if sr == SAMPLE_RATE else _resample(x, sr)
+
+
+def _with_wave(path: Path) -> np.ndarray:
+    try:
+        with wave.open(str(path), "rb") as w:
+            if w.getsampwidth() != 2 or w.getframerate() != SAMPLE_RATE:
+                raise AudioError(f"{path}: only 16 kHz 16-bit wav can be read without an audio library; "
+                                 "pip install av (or soundfile)")
+            frames = w.readframes(w.getnframes())
+            channels = w.getnchannels()
+    except (wave.Error, EOFError) as e:
+        raise AudioError(f"{path}: not a readable wav file ({e}); pip install av to read other formats") from e
+    x = np.frombuffer(frames, dtype="<i2").astype(np.float32) / 32768.0
+    if x.size == 0:
+        raise AudioError(f"{path}: holds no audio samples")
+    return x.reshape(-1, channels).mean(axis=1)
+
+
+def load_audio(path: str | Path) -> np.ndarray:
+    """Decode, downmix and resample to 16 kHz mono float32 in [-1, 1)."""
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: the file is empty")
+    try:
+        import av  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        return _with_pyav(path)
+    try:
+        import soundfile  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        return _with_soundfile(path)
+    if path.suffix.lower() == ".wav":
+        return _with_wave(path)
+    raise AudioError(f"{path}: reading {path.suffix or 'this'} audio needs PyAV or soundfile; pip install av")

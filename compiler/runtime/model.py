@@ -1,0 +1,108 @@
+"""Load a compiled artifact (model.mef + weights.safetensors + manifest.json) and transcribe with it.
+
+Needs only ``max`` and ``numpy`` (plus PyAV or soundfile for audio other than 16 kHz 16-bit wav).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .audio import N_SAMPLES, load_audio
+from .decoding import DecodingOptions, suppress_ids, transcribe
+from .tokenizer import Tokenizer
+
+SCHEMA_VERSION = 1
+
+
+class ArtifactError(Exception):
+    """The artifact folder cannot be loaded; the message names the file and what to do."""
+
+
+def read_manifest(folder: Path) -> dict:
+    path = Path(folder) / "manifest.json"
+    if not path.is_file():
+        raise ArtifactError(f"{path}: missing; {folder} is not an mwc artifact (run mwc compile)")
+    try:
+        manifest = json.loads(path.read_text())
+    except ValueError as e:
+        raise ArtifactError(f"{path}: not valid JSON ({e}); recompile the artifact") from e
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise ArtifactError(f"{path}: schema version {manifest.get('schema_version')} is not {SCHEMA_VERSION}; "
+                            "recompile the artifact with this mwc")
+    return manifest
+
+
+class Whisper:
+    """A compiled Whisper: ``Whisper(folder).transcribe("audio.wav")["text"]``."""
+
+    def __init__(self, folder: str | Path):
+        from max import engine
+        from max.driver import CPU
+        from max.engine import InferenceSession
+        from max.graph.weights import SafetensorWeights
+
+        self.folder = Path(folder)
+        t0 = time.perf_counter()
+        self.manifest = m = read_manifest(self.folder)
+        self.dims = m["dims"]
+        want = m["versions"]["max"]
+        try:
+            from importlib.metadata import version
+
+            have = version("max")
+        except Exception:  # noqa: BLE001 - metadata may be absent in odd installs; the load below still decides
+            have = want
+        if have != want:
+            raise ArtifactError(f"{self.folder}: compiled with max=={want} but max=={have} is installed; "
+                                f"pip install max=={want} or recompile the artifact")
+        if m["device"] != "cpu":
+            raise ArtifactError(f"{self.folder}: compiled for {m['device']}; this runtime runs cpu artifacts")
+        self.session = InferenceSession(devices=[CPU()])
+        self._weights = SafetensorWeights([self.folder / "weights.safetensors"])
+        registry = {name: w.data().data for name, w in self._weights.items()}
+        try:
+            compiled = engine.read(self.folder / "model.mef")
+            self.models = self.session.init_all(compiled, weights_registry=registry)
+        except Exception as e:  # MAX raises ValueError/RuntimeError for foreign or corrupt MEFs
+            raise ArtifactError(f"{self.folder / 'model.mef'}: cannot be loaded here ({e}); the .mef is tied to "
+                                f"max=={want} and the compiling CPU ({m['target']['arch']}) — recompile") from e
+        self.tokenizer = Tokenizer.from_file(self.folder / "vocab.json", m["tokens"])
+        self.suppress = suppress_ids(self.tokenizer, m["generation"]["suppress_tokens"])
+        self.load_seconds = time.perf_counter() - t0
+        d = self.dims
+        self._empty_cache = np.zeros((d["n_text_layer"], 1, d["n_text_head"], 0,
+                                      d["n_text_state"] // d["n_text_head"]), dtype=np.float32)
+
+    # --- the stages, each one compiled graph ---
+    def log_mel(self, audio: np.ndarray, padding: int = N_SAMPLES) -> np.ndarray:
+        """Whole-file log-mel (n_mels, (len + padding) // 160), like openai's log_mel_spectrogram(padding=...)."""
+        x = np.concatenate([np.asarray(audio, dtype=np.float32), np.zeros(padding, dtype=np.float32)])
+        return self.models["mel"].execute(x)[0].to_numpy()
+
+    def encode(self, mel_window: np.ndarray) -> dict:
+        xa, k, v = self.models["encoder"].execute(np.ascontiguousarray(mel_window, dtype=np.float32))
+        return {"xa": xa, "cross_k": k, "cross_v": v}
+
+    def decode(self, tokens: np.ndarray, audio: dict, cache):
+        k, v = cache if cache is not None else (self._empty_cache, self._empty_cache)
+        logits, k, v = self.models["decoder"].execute(np.ascontiguousarray(tokens, dtype=np.int64), k, v,
+                                                      audio["cross_k"], audio["cross_v"])
+        return logits.to_numpy(), (k, v)
+
+    # --- the whole job ---
+    def transcribe(self, audio, language: str | None = None, task: str = "transcribe",
+                   without_timestamps: bool = False) -> dict:
+        """Transcribe a path or a 16 kHz mono float32 array; returns text, segments and per-window tokens."""
+        if not isinstance(audio, np.ndarray):
+            audio = load_audio(audio)
+        options = DecodingOptions(language=language, task=task, without_timestamps=without_timestamps)
+        return transcribe(self, self.tokenizer, self.log_mel(audio), options, self.suppress,
+                          n_text_ctx=self.dims["n_text_ctx"], n_audio_ctx=self.dims["n_audio_ctx"])
+
+
+def load(folder: str | Path) -> Whisper:
+    return Whisper(folder)

