@@ -88,6 +88,10 @@ def atomic_folder(out: Path, force: bool):
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        for p in [tmp, *tmp.rglob("*")]:  # mkdtemp made it private; give it the user's usual modes
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             os.replace(out, old)
