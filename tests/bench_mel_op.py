@@ -7,7 +7,7 @@ runs it on several signals and compares with a float64 numpy reimplementation of
 openai-whisper's `log_mel_spectrogram` (with a numpy slaney mel filterbank
 equivalent to librosa.filters.mel(sr=16000, n_fft=400, htk=False, norm='slaney')).
 
-Usage: /root/dev/bin/python tests/dev_mel_check.py [--ops DIR] [--runs N]
+Usage: python tests/bench_mel_op.py [--ops DIR] [--runs N]
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def time_op(model, audio: np.ndarray, filters: np.ndarray, runs: int) -> tuple[f
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--ops", type=Path, default=Path("/work/main/ops"))
+    ap.add_argument("--ops", type=Path, default=Path(__file__).resolve().parent.parent / "ops")
     ap.add_argument("--runs", type=int, default=15)
     args = ap.parse_args()
 

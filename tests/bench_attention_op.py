@@ -1,6 +1,6 @@
 """Standalone check + micro-benchmark for the mwc_attention Mojo custom op.
 
-Usage: /root/dev/bin/python tests/dev_attention_check.py [--no-bench] [--runs N]
+Usage: python tests/bench_attention_op.py [--no-bench] [--runs N]
 
 1. Correctness on CPU vs a float64 numpy reference (max abs err < 1e-4):
    encoder (1,6,1500,64) non-causal, cross-attn (2,6,3,64) vs Tk 1500,
