@@ -58,9 +58,15 @@ def tiny_en_model(tiny_en_artifact):
 
 
 @pytest.fixture(scope="session")
-def manifest() -> list[dict]:
-    path = DATA / "manifest.jsonl"
-    if not path.is_file():
-        pytest.fail(f"{path} is missing: the dev speech set (shared/data) must sit next to the checkout "
-                    "or be named by MWC_DATA")
+def data() -> Path:
+    """The dev speech set: ../shared/data beside the checkout, or $MWC_DATA."""
+    if not (DATA / "manifest.jsonl").is_file():
+        pytest.fail(f"{DATA}/manifest.jsonl is missing: the dev speech set (shared/data) must sit next to the "
+                    "checkout or be named by MWC_DATA")
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def manifest(data) -> list[dict]:
+    path = data / "manifest.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

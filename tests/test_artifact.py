@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DATA, ROOT, mwc
+from conftest import ROOT, mwc
 
 from compiler.reference import NumpyWhisper, log_mel_spectrogram
 from compiler.runtime import decoding
@@ -52,16 +52,16 @@ def test_tampered_artifact_fails_check(tiny_en_artifact, tmp_path):
 
 @pytest.mark.parametrize("clip", ["short/jfk.flac", "edge/short_0.2s_16k.wav", "edge/silence_30s_16k.wav",
                                   "long/ljspeech_LJ001-0001_to_0016.flac"])
-def test_mel_op_matches_reference(tiny_en_model, clip):
-    audio = load_audio(DATA / clip)
+def test_mel_op_matches_reference(tiny_en_model, data, clip):
+    audio = load_audio(data / clip)
     got = tiny_en_model.log_mel(audio)
     want = log_mel_spectrogram(audio, 80, N_SAMPLES)
     assert got.shape == want.shape
     assert np.abs(got - want).max() < 1e-4
 
 
-def test_encoder_matches_reference(tiny_en_model, tiny_en_checkpoint):
-    audio = load_audio(DATA / "short/jfk.flac")
+def test_encoder_matches_reference(tiny_en_model, tiny_en_checkpoint, data):
+    audio = load_audio(data / "short/jfk.flac")
     mel = log_mel_spectrogram(audio, 80, N_SAMPLES)[:, :N_FRAMES][None].astype(np.float32)
     got = tiny_en_model.encode(mel)["xa"].to_numpy()
     want = NumpyWhisper(tiny_en_checkpoint).encode(mel)["xa"]
@@ -74,7 +74,7 @@ def test_jfk_transcript_cli(tiny_en_artifact):
     assert normalize(r.stdout) == normalize(JFK)
 
 
-def test_greedy_tokens_equal_reference(tiny_en_model, tiny_en_checkpoint, manifest):
+def test_greedy_tokens_equal_reference(tiny_en_model, tiny_en_checkpoint, manifest, data):
     """Every window's greedy ids equal those of the numpy float64 reference driven by the same decoding code."""
     clips = [e["file"] for e in manifest if e["kind"] == "short" and e["language"] == "en"]
     clips = ["short/jfk.flac"] + [c for c in clips if "LJ001-0003" in c or "cards_002" in c
@@ -83,7 +83,7 @@ def test_greedy_tokens_equal_reference(tiny_en_model, tiny_en_checkpoint, manife
     ref = NumpyWhisper(tiny_en_checkpoint)
     model = tiny_en_model
     for clip in clips:
-        audio = load_audio(DATA / clip)
+        audio = load_audio(data / clip)
         options = decoding.DecodingOptions()
         got = model.transcribe(audio)
         want = decoding.transcribe(ref, model.tokenizer, log_mel_spectrogram(audio, 80, N_SAMPLES), options,
@@ -92,21 +92,21 @@ def test_greedy_tokens_equal_reference(tiny_en_model, tiny_en_checkpoint, manife
         assert got["text"] == want["text"]
 
 
-def test_transcripts_match_openai_whisper(tiny_en_model, manifest):
+def test_transcripts_match_openai_whisper(tiny_en_model, data):
     """openai-whisper's own tiny.en output on the same clips (shared/data/reference), word for word."""
     ref = {}
-    for line in (DATA / "reference" / "openai-tiny.en-greedy.jsonl").read_text().splitlines():
+    for line in (data / "reference" / "openai-tiny.en-greedy.jsonl").read_text().splitlines():
         row = json.loads(line)
         if "file" in row:
             ref[row["file"]] = row["hyp"]
     for clip in ["short/jfk.flac", "short/ljspeech_LJ001-0001.flac", "short/cmu_cards_001.flac",
                  "short/librispeech_1272-128104-0000.flac", "short/fleurs-en-000.ogg"]:
-        assert normalize(tiny_en_model.transcribe(DATA / clip)["text"]) == normalize(ref[clip]), clip
+        assert normalize(tiny_en_model.transcribe(data / clip)["text"]) == normalize(ref[clip]), clip
 
 
-def test_bad_audio_in_a_batch(tiny_en_artifact):
+def test_bad_audio_in_a_batch(tiny_en_artifact, data):
     """Each bad file gets one error line; the good file of the same batch is still transcribed; exit ≠ 0."""
-    bad = [DATA / "edge" / n for n in ("empty.wav", "notaudio.wav")]
+    bad = [data / "edge" / n for n in ("empty.wav", "notaudio.wav")]
     r = mwc("transcribe", str(tiny_en_artifact), *map(str, bad), str(ROOT / "examples" / "jfk.flac"))
     assert r.returncode == 1
     errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ..checkpoint import Checkpoint, validate
@@ -14,6 +15,16 @@ HUB_ALIASES = {
               "large", "large-v1", "large-v2", "large-v3", "large-v3-turbo")
 }
 HUB_ALIASES["whisper-turbo"] = "openai/whisper-large-v3-turbo"
+
+
+def read_json(path: Path) -> dict:
+    """A JSON file of a checkpoint folder; {} when absent, one-line error when unreadable."""
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise MwcError(f"{path}: not valid JSON ({e}); re-download the checkpoint") from e
 
 
 def detect_format(folder: Path) -> str:

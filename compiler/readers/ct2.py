@@ -10,7 +10,6 @@ No ctranslate2 dependency: this module reads the file with numpy alone.
 
 from __future__ import annotations
 
-import json
 import re
 import struct
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 
 from ..checkpoint import Checkpoint, GenerationSettings, ModelDimensions
 from ..errors import MwcError
+from . import read_json
 from .vocab import read_vocab
 
 _DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16, 5: "bfloat16"}
@@ -161,10 +161,7 @@ def read_ct2(folder: Path, label: str) -> Checkpoint:
     except KeyError as e:
         raise MwcError(f"{path}: variable {e.args[0]!r} is missing; this is not a complete Whisper model") from e
     cfg_path = folder / "config.json"
-    try:
-        cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
-    except ValueError as e:
-        raise MwcError(f"{cfg_path}: not valid JSON ({e})") from e
+    cfg = read_json(cfg_path)
     gen = GenerationSettings(
         suppress_tokens=[int(t) for t in cfg.get("suppress_ids", [])],
         begin_suppress_tokens=[int(t) for t in cfg.get("suppress_ids_begin", [])],

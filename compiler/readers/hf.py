@@ -11,6 +11,7 @@ import numpy as np
 
 from ..checkpoint import Checkpoint, GenerationSettings, ModelDimensions
 from ..errors import MwcError
+from . import read_json
 from .vocab import read_vocab
 
 # transformers' WhisperForConditionalGeneration names → openai/whisper's model.py names
@@ -91,16 +92,13 @@ def read_hf(folder: Path, label: str) -> Checkpoint:
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
         raise MwcError(f"{folder}: config.json is missing; a Hugging Face Whisper folder needs it")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except ValueError as e:
-        raise MwcError(f"{cfg_path}: not valid JSON ({e})") from e
+    cfg = read_json(cfg_path)
     dims = dims_from_config(cfg, cfg_path)
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         try:
-            shard_names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (ValueError, KeyError) as e:
+            shard_names = sorted(set(read_json(index)["weight_map"].values()))
+        except (KeyError, AttributeError) as e:
             raise MwcError(f"{index}: not a safetensors index ({e}); re-download the checkpoint") from e
         files = [folder / s for s in shard_names]
     else:
@@ -110,13 +108,7 @@ def read_hf(folder: Path, label: str) -> Checkpoint:
         name = openai_name(hf_name)
         if name is not None:
             weights[name] = np.ascontiguousarray(a, dtype=np.float32)
-    gen_cfg: dict = {}
-    gpath = folder / "generation_config.json"
-    if gpath.is_file():
-        try:
-            gen_cfg = json.loads(gpath.read_text())
-        except ValueError as e:
-            raise MwcError(f"{gpath}: not valid JSON ({e})") from e
+    gen_cfg = read_json(folder / "generation_config.json")
     gen = GenerationSettings(
         suppress_tokens=[int(t) for t in gen_cfg.get("suppress_tokens", cfg.get("suppress_tokens") or [])],
         begin_suppress_tokens=[int(t) for t in gen_cfg.get("begin_suppress_tokens",
