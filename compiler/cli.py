@@ -110,6 +110,51 @@ def inspect(artifact: Path, as_json: bool, check: bool) -> None:
 
 @main.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--checkpoint", default=None, help="the source checkpoint (default: the one named in the manifest)")
+@click.option("--reference", type=click.Choice(["numpy"]), default="numpy", show_default=True,
+              help="reference implementation (numpy float64)")
+@click.option("--audio", "audio", multiple=True, type=click.Path(path_type=Path), help="an audio file (repeatable)")
+@click.option("--manifest", "manifest_path", type=click.Path(path_type=Path), default=None,
+              help="a manifest.jsonl of clips with reference texts (WER is computed over them)")
+@click.option("--limit", type=int, default=None, help="verify only the first N clips of the manifest")
+def verify(artifact: Path, checkpoint: str | None, reference: str, audio: tuple[Path, ...],
+           manifest_path: Path | None, limit: int | None) -> None:
+    """Compare ARTIFACT with the reference stage by stage; exit 1 when a tolerance is exceeded."""
+    from .readers import load_checkpoint
+    from .runtime.model import ArtifactError, read_manifest
+    from .verify import Clip, clips_from_manifest, run_verify, write_report
+
+    try:
+        m = read_manifest(artifact)
+    except ArtifactError as e:
+        raise MwcError(str(e)) from e
+    if not audio and manifest_path is None:
+        raise MwcError("nothing to verify on: pass --audio FILE (repeatable) or --manifest manifest.jsonl")
+    source = checkpoint or m["source"]["checkpoint"]
+    ck = load_checkpoint(source)
+    if ck.source_sha256() != m["source"]["sha256"]:
+        raise MwcError(f"{source}: not the checkpoint this artifact was compiled from (sha256 differs); "
+                       "pass the right one with --checkpoint")
+    clips = [Clip(Path(a)) for a in audio]
+    if manifest_path is not None:
+        clips += clips_from_manifest(manifest_path, english_only=not ck.multilingual, limit=limit)
+    click.echo(f"verifying {artifact} ({m['precision']['name']}) against the {reference} reference on "
+               f"{len(clips)} clips")
+    report = run_verify(artifact, ck, clips, log=click.echo)
+    write_report(artifact, report)
+    w = report["worst"]
+    click.echo(f"worst: mel {w['mel']:.1e} abs, encoder {w['encoder']:.1e} rel, cross K/V {w['cross_kv']:.1e} rel, "
+               f"logits {w['decoder_logits']:.1e} rel; greedy tokens equal on "
+               f"{report['token_agreement']:.0%} of clips; WER {report['wer']:.2%} (reference {report['reference_wer']:.2%})")
+    failed = [k for k, ok in report["checks"].items() if not ok]
+    if failed:
+        raise MwcError(f"{artifact}: parity check failed for {', '.join(failed)} (tolerances {report['tolerances']}); "
+                       "see parity.json")
+    click.echo(f"passed; report written to {artifact / 'parity.json'}")
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
 @click.argument("audio", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--language", default=None, help="language code (multilingual models; default: detect)")
 @click.option("--without-timestamps", is_flag=True, help="decode without timestamp tokens")

@@ -140,3 +140,20 @@ def test_loader_in_fresh_venv(tiny_en_artifact, tmp_path):
     load_s, text = r.stdout.splitlines()[:2]
     assert normalize(text) == normalize(JFK)
     print(f"\nloader: whole process {elapsed:.2f} s, artifact load {load_s} s")
+
+
+def test_verify_cli(tiny_en_artifact, data, tmp_path):
+    """mwc verify: stage table, greedy tokens and WER on real clips; parity.json rewritten with its checksum."""
+    import shutil
+
+    art = tmp_path / "art"
+    shutil.copytree(tiny_en_artifact, art)
+    r = mwc("verify", str(art), "--manifest", str(data / "manifest.jsonl"), "--limit", "2")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "tokens equal" in r.stdout and "WER" in r.stdout
+    report = json.loads((art / "parity.json").read_text())
+    assert report["passed"] and report["token_agreement"] == 1.0 and len(report["clips"]) == 2
+    assert report["wer"] == report["reference_wer"]
+    assert mwc("inspect", str(art), "--check").returncode == 0
+    r = mwc("verify", str(art))
+    assert r.returncode == 1 and "--manifest" in r.stderr

@@ -27,23 +27,54 @@ def read_json(path: Path) -> dict:
         raise MwcError(f"{path}: not valid JSON ({e}); re-download the checkpoint") from e
 
 
+ONNX_DECODERS = ("decoder_model.onnx", "decoder_model_merged.onnx", "decoder_with_past_model.onnx")
+
+
+def onnx_folder(folder: Path) -> Path | None:
+    """Where an optimum export's graphs lie: the folder itself, or its onnx/ subfolder (the hub's ONNX layout)."""
+    for d in (folder, folder / "onnx"):
+        if (d / "encoder_model.onnx").is_file() and any((d / n).is_file() for n in ONNX_DECODERS):
+            return d
+    return None
+
+
 def detect_format(folder: Path) -> str:
+    """ct2 (model.bin), hf (safetensors), onnx (optimum's encoder_model.onnx + decoder_*.onnx) or openai-pt (a
+    folder holding exactly one *.pt and none of the others' weight files)."""
     if (folder / "model.bin").is_file():
         return "ct2"
     if (folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file():
         return "hf"
+    if onnx_folder(folder) is not None:
+        return "onnx"
+    pts = sorted(folder.glob("*.pt"))
+    if len(pts) == 1:
+        return "openai-pt"
+    if len(pts) > 1:
+        raise MwcError(f"{folder}: holds {len(pts)} .pt files ({', '.join(p.name for p in pts[:3])}); "
+                       "pass the .pt file itself")
     if (folder / "config.json").is_file():
-        raise MwcError(f"{folder}: config.json but no model.safetensors, model.safetensors.index.json or model.bin; "
-                       "point mwc at a Hugging Face safetensors or faster-whisper/CTranslate2 folder")
-    raise MwcError(f"{folder}: not a Whisper checkpoint folder (no config.json with model.safetensors or model.bin)")
+        raise MwcError(f"{folder}: config.json but no model.safetensors, model.safetensors.index.json, model.bin or "
+                       "encoder_model.onnx; point mwc at a Hugging Face safetensors, faster-whisper/CTranslate2 or "
+                       "optimum ONNX folder")
+    raise MwcError(f"{folder}: not a Whisper checkpoint folder (no config.json with model.safetensors, model.bin or "
+                   "ONNX graphs, and no openai-whisper .pt)")
 
 
 def load_checkpoint(source: str) -> Checkpoint:
-    """Read a local folder (HF safetensors or CTranslate2) or a hub id into a validated Checkpoint."""
+    """Read a local folder (HF safetensors, CTranslate2, optimum ONNX, or one openai-whisper .pt), a .pt file or a
+    hub id into a validated Checkpoint."""
     path = Path(source).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise MwcError(f"{source}: expected a checkpoint folder, got a file; pass the folder that holds it")
+            if path.suffix.lower() not in (".pt", ".pth"):
+                raise MwcError(f"{source}: expected a checkpoint folder or an openai-whisper .pt file, got another "
+                               "file; pass the folder that holds it")
+            from .openai_pt import read_openai_pt
+
+            ck = read_openai_pt(path, source)
+            validate(ck)
+            return ck
         folder, label = path, source
     elif "/" in source and not source.startswith((".", "/", "~")) or source in HUB_ALIASES:
         from .hub import download
@@ -56,6 +87,14 @@ def load_checkpoint(source: str) -> Checkpoint:
         from .ct2 import read_ct2
 
         ck = read_ct2(folder, label)
+    elif fmt == "onnx":
+        from .onnx import read_onnx
+
+        ck = read_onnx(folder, label)
+    elif fmt == "openai-pt":
+        from .openai_pt import read_openai_pt
+
+        ck = read_openai_pt(next(folder.glob("*.pt")), label)
     else:
         from .hf import read_hf
 
