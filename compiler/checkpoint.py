@@ -117,7 +117,7 @@ class Checkpoint:
     vocab: list[str]  # id -> byte-level BPE token string, for every id below the timestamps
     generation: GenerationSettings
     source: str  # what the user named (path or hub id)
-    source_format: str  # "hf" | "ct2"
+    source_format: str  # "hf" | "ct2" | "openai-pt" | "onnx"
     source_files: list[Path] = field(default_factory=list)  # files hashed into the manifest
 
     @property

@@ -42,7 +42,8 @@ def main() -> None:
 @click.option("--no-parity", is_flag=True, help="skip the compile-time parity check against the numpy reference")
 def compile_cmd(model: str, precision: str, device: str, attention: str, output: Path | None, force: bool,
                 no_parity: bool) -> None:
-    """Compile MODEL (a hub id like whisper-small, a Hugging Face folder or a faster-whisper folder)."""
+    """Compile MODEL: a hub id (whisper-small, openai/whisper-large-v3), or a local Hugging Face safetensors,
+    faster-whisper/CTranslate2 or optimum ONNX folder, or an openai-whisper .pt file."""
     from .artifact import model_name, write_artifact
     from .precision import plan_for
     from .readers import load_checkpoint
