@@ -128,11 +128,9 @@ def write_artifact(ck: Checkpoint, plan: PrecisionPlan, out: Path, *, device: st
     from max.driver import CPU
     from max.engine import InferenceSession
     from max.graph import DeviceRef
-    from safetensors.numpy import save_file
-
     from .graph import build_module
     from .loader import render_loader
-    from .weights import graph_weights
+    from .weights import graph_weights, save_weights
 
     if device != "cpu":
         raise MwcError(f"--device {device}: GPU kernels are not built yet; compile with --device cpu")
@@ -147,7 +145,7 @@ def write_artifact(ck: Checkpoint, plan: PrecisionPlan, out: Path, *, device: st
     with atomic_folder(out, force) as tmp:
         t = stage("weights: layout and dtype for the graphs")
         weights = graph_weights(ck, plan)
-        save_file(weights, str(tmp / "weights.safetensors"), metadata={"format": "mwc", "precision": plan.name})
+        save_weights(weights, tmp / "weights.safetensors", plan)
         timings["weights_s"] = time.perf_counter() - t
 
         t = stage("graph: build mel, encoder and decoder")

@@ -31,8 +31,8 @@ def main() -> None:
 @main.command("compile")
 @click.argument("model")
 @click.option("--fp32", "precision", flag_value="fp32", default=True, help="float32 everywhere (default)")
-@click.option("--fp16", "precision", flag_value="fp16", help="float16 with fp32-sensitive ops (not yet available)")
-@click.option("--bf16", "precision", flag_value="bf16", help="bfloat16 with fp32-sensitive ops (not yet available)")
+@click.option("--fp16", "precision", flag_value="fp16", help="float16 weights and matmuls; residual, norms, softmax and mel in fp32")
+@click.option("--bf16", "precision", flag_value="bf16", help="bfloat16 weights and matmuls; residual, norms, softmax and mel in fp32")
 @click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
 @click.option("--attention", type=click.Choice(["mojo", "max"]), default="mojo", show_default=True,
               help="attention kernel: the Mojo op in ops/, or MAX's matmul+softmax for non-causal attention")
@@ -154,30 +154,95 @@ def verify(artifact: Path, checkpoint: str | None, reference: str, audio: tuple[
     click.echo(f"passed; report written to {artifact / 'parity.json'}")
 
 
+def _optional_float(value: str) -> float | None:
+    """openai's optional_float: "None" (any case) → None."""
+    return None if value.lower() == "none" else float(value)
+
+
+def _temperatures(temperature: float, increment: float | None) -> tuple[float, ...]:
+    """openai's CLI: --temperature T with --temperature-increment-on-fallback I → T, T+I, ..., up to 1.0."""
+    if increment is None or increment <= 0:
+        return (temperature,)
+    out, k = [], 0
+    while temperature + k * increment <= 1.0 + 1e-6:  # np.arange(T, 1.0 + 1e-6, I)
+        out.append(round(temperature + k * increment, 10))
+        k += 1
+    return tuple(out) or (temperature,)
+
+
 @main.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.argument("audio", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--language", default=None, help="language code (multilingual models; default: detect)")
 @click.option("--without-timestamps", is_flag=True, help="decode without timestamp tokens")
-def transcribe(artifact: Path, audio: tuple[Path, ...], language: str | None, without_timestamps: bool) -> None:
-    """Transcribe AUDIO files with a compiled ARTIFACT."""
+@click.option("-o", "--output-dir", type=click.Path(path_type=Path), default=None,
+              help="write transcript files here, one per input and format, named after the input")
+@click.option("-f", "--output-format", type=click.Choice(["txt", "vtt", "srt", "tsv", "json", "all"]), default=None,
+              help="file format(s) for -o (default: all)")
+@click.option("--temperature", type=float, default=0.0, show_default=True,
+              help="sampling temperature of the first attempt (0: greedy)")
+@click.option("--temperature-increment-on-fallback", "increment", type=_optional_float, default="0.2",
+              show_default=True, metavar="FLOAT|None",
+              help="re-decode a failed window at this much higher temperature, up to 1.0; None: no fallback")
+@click.option("--compression-ratio-threshold", type=_optional_float, default="2.4", show_default=True,
+              metavar="FLOAT|None",
+              help="a window whose gzip compression ratio is higher failed (None: no check)")
+@click.option("--logprob-threshold", type=_optional_float, default="-1.0", show_default=True, metavar="FLOAT|None",
+              help="a window whose average log probability is lower failed (None: no check)")
+@click.option("--no-speech-threshold", type=_optional_float, default="0.6", show_default=True, metavar="FLOAT|None",
+              help="a window with a higher <|nospeech|> probability that failed the log-prob check is skipped as "
+                   "silence (None: never skip)")
+@click.option("--condition-on-previous-text/--no-condition-on-previous-text", default=True, show_default=True,
+              help="prompt each window with the text before it")
+@click.option("--seed", type=int, default=0, show_default=True, help="seed of the sampler (temperature > 0)")
+@click.option("--silence-threshold", "silence_mel_threshold", type=_optional_float, default="-0.75",
+              show_default=True, metavar="FLOAT|None",
+              help="skip windows whose log-mel stays below this (digital silence, dither) without decoding; "
+                   "None: decode them as openai-whisper does")
+def transcribe(artifact: Path, audio: tuple[Path, ...], language: str | None, without_timestamps: bool,
+               output_dir: Path | None, output_format: str | None, temperature: float, increment: float | None,
+               compression_ratio_threshold: float | None, logprob_threshold: float | None,
+               no_speech_threshold: float | None, condition_on_previous_text: bool, seed: int,
+               silence_mel_threshold: float | None) -> None:
+    """Transcribe AUDIO files with a compiled ARTIFACT; print the text and, with -o DIR, write transcript files."""
     from .runtime.audio import AudioError
     from .runtime.model import ArtifactError, Whisper
+    from .runtime.writers import write_result
 
+    if output_format is not None and output_dir is None:
+        raise click.UsageError("--output-format needs -o DIR (the folder to write the files into)")
+    if temperature < 0:
+        raise click.UsageError("--temperature must not be negative")
+    if output_dir is not None:
+        if output_dir.exists() and not output_dir.is_dir():
+            raise MwcError(f"{output_dir}: exists and is not a folder; pass another -o")
+        output_dir.mkdir(parents=True, exist_ok=True)
     try:
         model = Whisper(artifact)
     except ArtifactError as e:
         raise MwcError(str(e)) from e
+    kwargs = dict(temperature=_temperatures(temperature, increment),
+                  compression_ratio_threshold=compression_ratio_threshold, logprob_threshold=logprob_threshold,
+                  no_speech_threshold=no_speech_threshold, condition_on_previous_text=condition_on_previous_text,
+                  seed=seed, silence_mel_threshold=silence_mel_threshold)
     failed = 0
     for path in audio:
         t = time.perf_counter()
         try:
-            result = model.transcribe(path, language=language, without_timestamps=without_timestamps)
+            result = model.transcribe(path, language=language, without_timestamps=without_timestamps, **kwargs)
         except AudioError as e:
             click.echo(f"error: {e}", err=True)
             failed += 1
             continue
         click.echo(result["text"] if len(audio) == 1 else f"{path}\t{result['text']}")
+        if output_dir is not None:
+            try:
+                written = write_result(result, path, output_dir, output_format or "all")
+            except OSError as e:
+                click.echo(f"error: {path}: cannot write the transcript into {output_dir} ({e})", err=True)
+                failed += 1
+                continue
+            click.echo(f"  wrote {', '.join(Path(w).name for w in written)}", err=True)
         click.echo(f"  ({time.perf_counter() - t:.2f} s)", err=True)
     if failed:
         sys.exit(1)

@@ -35,6 +35,8 @@ class WhisperGraphs:
             raise ValueError(f"attention must be one of {ATTENTION_IMPLS}")
         self.dims, self.plan, self.device, self.attention_impl = dims, plan, device, attention
         self.wdtype = _dtype(plan.weights)
+        self.act = _dtype(plan.matmul)  # matmul inputs and outputs
+        self.res = _dtype(plan.residual)  # the residual stream
         self.graph: Graph | None = None
 
     def extensions(self, ops_dir: Path, causal: bool = False) -> list[Path]:
@@ -45,12 +47,24 @@ class WhisperGraphs:
         assert self.graph is not None
         return self.graph.add_weight(Weight(name, self.wdtype, shape, self.device))
 
+    def cast(self, x: TensorValue, dtype: DType) -> TensorValue:
+        return x if x.dtype == dtype else ops.cast(x, dtype)
+
+    def wt(self, name: str, shape: tuple[int, ...], dtype: DType) -> TensorValue:
+        """A weight in the dtype an op wants (a cast in the graph when the plan stores it otherwise)."""
+        return self.cast(self.w(name, shape), dtype)
+
     def linear(self, x: TensorValue, name: str, n_out: int, n_in: int, bias: bool = True) -> TensorValue:
-        y = x @ self.w(name + ".weight", (n_out, n_in)).T
-        return y + self.w(name + ".bias", (n_out,)) if bias else y
+        """x @ W^T + b in the plan's matmul dtype."""
+        y = self.cast(x, self.act) @ self.wt(name + ".weight", (n_out, n_in), self.act).T
+        return y + self.wt(name + ".bias", (n_out,), self.act) if bias else y
 
     def layer_norm(self, x: TensorValue, name: str, n: int) -> TensorValue:
-        return ops.layer_norm(x, self.w(name + ".weight", (n,)), self.w(name + ".bias", (n,)), 1e-5)
+        """Statistics in the plan's layer-norm dtype; the result feeds matmuls, so it leaves in their dtype."""
+        dt = _dtype(self.plan.layer_norm)
+        y = ops.layer_norm(self.cast(x, dt), self.wt(name + ".weight", (n,), dt), self.wt(name + ".bias", (n,), dt),
+                           1e-5)
+        return self.cast(y, self.act)
 
     def heads(self, x: TensorValue, n_head: int) -> TensorValue:
         """(B, T, H*64) → (B, H, T, 64)."""
@@ -73,8 +87,8 @@ class WhisperGraphs:
             return ops.custom("mwc_attention", self.device, [q, k, v], [TensorType(q.dtype, q.shape, self.device)],
                               parameters={"causal": causal})[0].tensor
         scale = 1.0 / float(int(q.shape[-1])) ** 0.5
-        s = (q @ ops.permute(k, [0, 1, 3, 2])) * scale
-        return ops.softmax(s) @ v
+        s = self.cast((q @ ops.permute(k, [0, 1, 3, 2])) * scale, _dtype(self.plan.softmax))
+        return self.cast(ops.softmax(s), v.dtype) @ v
 
     def mlp(self, x: TensorValue, p: str, n: int) -> TensorValue:
         h = ops.gelu(self.linear(x, p + ".mlp.0", 4 * n, n))
@@ -97,9 +111,7 @@ class WhisperGraphs:
         with Graph("mel", input_types=[audio_t], module=module, custom_extensions=[ops_dir]) as g:
             self.graph = g
             audio = g.inputs[0].tensor
-            filters = self.w("mel_filters", (d.n_mels, 201))
-            if filters.dtype != DType.float32:
-                filters = ops.cast(filters, DType.float32)
+            filters = self.wt("mel_filters", (d.n_mels, 201), DType.float32)
             out_t = TensorType(DType.float32, [d.n_mels, audio.shape[0] // 160], self.device)
             g.output(ops.custom("mwc_log_mel", self.device, [audio, filters], [out_t])[0].tensor)
 
@@ -108,23 +120,22 @@ class WhisperGraphs:
         mel_t = TensorType(DType.float32, ["batch", d.n_mels, "frames"], self.device)
         with Graph("encoder", input_types=[mel_t], module=module, custom_extensions=self.extensions(ops_dir)) as g:
             self.graph = g
-            x = g.inputs[0].tensor
-            if self.wdtype != DType.float32:
-                x = ops.cast(x, self.wdtype)
+            x = self.cast(g.inputs[0].tensor, self.act)
             # conv1d(k=3, pad=1) as conv2d over (B, 1, frames, n_mels) NHWC with RSCF filters
             x = ops.unsqueeze(ops.permute(x, [0, 2, 1]), 1)
-            x = ops.gelu(ops.conv2d(x, self.w("encoder.conv1.weight", (1, 3, d.n_mels, n)), stride=(1, 1),
-                                    padding=(0, 0, 1, 1), bias=self.w("encoder.conv1.bias", (n,))))
-            x = ops.gelu(ops.conv2d(x, self.w("encoder.conv2.weight", (1, 3, n, n)), stride=(1, 2),
-                                    padding=(0, 0, 1, 1), bias=self.w("encoder.conv2.bias", (n,))))
-            x = ops.squeeze(x, 1)  # (B, T, n)
+            x = ops.gelu(ops.conv2d(x, self.wt("encoder.conv1.weight", (1, 3, d.n_mels, n), self.act), stride=(1, 1),
+                                    padding=(0, 0, 1, 1), bias=self.wt("encoder.conv1.bias", (n,), self.act)))
+            x = ops.gelu(ops.conv2d(x, self.wt("encoder.conv2.weight", (1, 3, n, n), self.act), stride=(1, 2),
+                                    padding=(0, 0, 1, 1), bias=self.wt("encoder.conv2.bias", (n,), self.act)))
+            x = self.cast(ops.squeeze(x, 1), self.res)  # (B, T, n)
             t = x.shape[1]
-            pos = self.w("encoder.positional_embedding", (d.n_audio_ctx, n))
+            pos = self.wt("encoder.positional_embedding", (d.n_audio_ctx, n), self.res)
             x = x + ops.slice_tensor(pos, [(slice(0, ops.shape_to_tensor([t]).reshape([])), t)])
             for i in range(d.n_audio_layer):  # ResidualAttentionBlock
                 p = f"encoder.blocks.{i}"
-                x = x + self.self_attention(self.layer_norm(x, p + ".attn_ln", n), p, n, d.n_audio_head)[0]
-                x = x + self.mlp(self.layer_norm(x, p + ".mlp_ln", n), p, n)
+                x = x + self.cast(self.self_attention(self.layer_norm(x, p + ".attn_ln", n), p, n,
+                                                      d.n_audio_head)[0], self.res)
+                x = x + self.cast(self.mlp(self.layer_norm(x, p + ".mlp_ln", n), p, n), self.res)
             xa = self.layer_norm(x, "encoder.ln_post", n)
             ks, vs = [], []
             m = d.n_text_state
@@ -132,13 +143,15 @@ class WhisperGraphs:
                 k, v = ops.split(self.linear(xa, f"decoder.blocks.{i}.cross_attn.kv", 2 * m, n), [m, m], axis=-1)
                 ks.append(self.heads(k, d.n_text_head))
                 vs.append(self.heads(v, d.n_text_head))
-            g.output(xa, ops.stack(ks), ops.stack(vs))
+            kv = _dtype(self.plan.kv_cache)
+            g.output(self.cast(xa, DType.float32), self.cast(ops.stack(ks), kv), self.cast(ops.stack(vs), kv))
 
     def build_decoder(self, module: Module, ops_dir: Path) -> None:
         d, n = self.dims, self.dims.n_text_state
         dh = n // d.n_text_head
-        cache_t = TensorType(self.wdtype, [d.n_text_layer, "batch", d.n_text_head, "past", dh], self.device)
-        cross_t = TensorType(self.wdtype, [d.n_text_layer, "batch", d.n_text_head, "n_audio", dh], self.device)
+        kv = _dtype(self.plan.kv_cache)
+        cache_t = TensorType(kv, [d.n_text_layer, "batch", d.n_text_head, "past", dh], self.device)
+        cross_t = TensorType(kv, [d.n_text_layer, "batch", d.n_text_head, "n_audio", dh], self.device)
         types = [TensorType(DType.int64, ["batch", "t"], self.device), cache_t, cache_t, cross_t, cross_t]
         with Graph("decoder", input_types=types, module=module, custom_extensions=self.extensions(ops_dir, causal=True)) as g:
             self.graph = g
@@ -147,25 +160,26 @@ class WhisperGraphs:
             emb = self.w("decoder.token_embedding.weight", (d.n_vocab, n))
             pos = self.w("decoder.positional_embedding", (d.n_text_ctx, n))
             p0 = ops.shape_to_tensor([past]).reshape([])
-            x = ops.gather(emb, tokens, axis=0)
-            x = x + ops.slice_tensor(pos, [(slice(p0, p0 + ops.shape_to_tensor([t]).reshape([])), t)])
+            x = self.cast(ops.gather(emb, tokens, axis=0), self.res)
+            x = x + self.cast(ops.slice_tensor(pos, [(slice(p0, p0 + ops.shape_to_tensor([t]).reshape([])), t)]),
+                              self.res)
             new_k, new_v = [], []
             for i in range(d.n_text_layer):  # ResidualAttentionBlock with cross-attention
                 p = f"decoder.blocks.{i}"
                 a, (k, v) = self.self_attention(self.layer_norm(x, p + ".attn_ln", n), p, n, d.n_text_head,
                                                 cache=(k_cache[i], v_cache[i]))
-                x = x + a
-                new_k.append(k)
-                new_v.append(v)
+                x = x + self.cast(a, self.res)
+                new_k.append(self.cast(k, kv))
+                new_v.append(self.cast(v, kv))
                 h = self.layer_norm(x, p + ".cross_attn_ln", n)
                 q = self.heads(self.linear(h, p + ".cross_attn.query", n, n), d.n_text_head)
-                x = x + self.linear(self.merge(self.attention(q, cross_k[i], cross_v[i])),
-                                    p + ".cross_attn.out", n, n)
-                x = x + self.mlp(self.layer_norm(x, p + ".mlp_ln", n), p, n)
+                x = x + self.cast(self.linear(self.merge(self.attention(q, self.cast(cross_k[i], self.act),
+                                                                          self.cast(cross_v[i], self.act))),
+                                              p + ".cross_attn.out", n, n), self.res)
+                x = x + self.cast(self.mlp(self.layer_norm(x, p + ".mlp_ln", n), p, n), self.res)
             x = self.layer_norm(x, "decoder.ln", n)
-            logits = x @ emb.T  # tied to the token embedding
-            if logits.dtype != DType.float32:
-                logits = ops.cast(logits, DType.float32)
+            lg = _dtype(self.plan.logits)
+            logits = self.cast(self.cast(x, lg) @ self.cast(emb, lg).T, DType.float32)  # tied to the embedding
             g.output(logits, ops.stack(new_k), ops.stack(new_v))
 
 

@@ -12,7 +12,11 @@ from .checkpoint import Checkpoint
 from .reference import NumpyWhisper, log_mel_spectrogram
 from .runtime.audio import N_FRAMES, N_SAMPLES, SAMPLE_RATE
 
-TOLERANCES = {"fp32": {"mel_abs": 1e-4, "encoder_rel": 1e-3, "logits_rel": 1e-3}}
+# max |got - want| / max |want| per stage (mel: absolute). Reduced precisions are bounded by their rounding:
+# fp16 keeps 11 significant bits, bf16 8; the residual stream and the statistics stay fp32 in both plans.
+TOLERANCES = {"fp32": {"mel_abs": 1e-4, "encoder_rel": 1e-3, "logits_rel": 1e-3},
+              "fp16": {"mel_abs": 1e-4, "encoder_rel": 2e-2, "logits_rel": 2e-2},
+              "bf16": {"mel_abs": 1e-4, "encoder_rel": 1e-1, "logits_rel": 1e-1}}
 
 
 def test_signal(seconds: float = 4.0, seed: int = 0) -> np.ndarray:

@@ -1,8 +1,10 @@
 """The precision plan: which dtype each class of op runs in — data that the graph builders obey.
 
-Keeping it data makes it printable, storable in the manifest and testable. Today every op runs in float32; the
-reduced precisions (fp16/bf16, with layer-norm statistics, softmax, logits and the mel log kept in fp32) and the
-calibration pass that picks per-op dtypes by measuring parity are tracked separately and refused clearly here.
+Keeping it data makes it printable, storable in the manifest and testable. The reduced plans keep the numerically
+sensitive parts in float32: the residual stream, layer-norm statistics, the softmax (the Mojo attention op
+accumulates in fp32 whatever its inputs), the mel spectrogram and its log; weights, matmul inputs and the KV cache
+take the reduced dtype. The final vocabulary projection reads the tied embedding in the weights' dtype (an fp32 copy
+would double its memory) and returns fp32 logits.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 class PrecisionPlan:
     name: str
     weights: str  # dtype of the stored weights
-    matmul: str  # projections, attention products, convolutions
+    matmul: str  # projections, attention inputs, convolutions, GELU
+    residual: str  # the residual stream between blocks
     layer_norm: str  # normalization statistics
-    softmax: str
-    logits: str
+    softmax: str  # attention softmax accumulation
+    kv_cache: str  # self-attention cache and cross-attention K/V
+    logits: str  # the vocabulary projection's inputs (its output is always float32)
     mel: str
 
     def to_dict(self) -> dict:
@@ -31,7 +35,6 @@ class PrecisionPlan:
 def plan_for(precision: str, device: str) -> PrecisionPlan:
     if precision not in PRECISIONS:
         raise MwcError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if precision != "fp32":
-        raise MwcError(f"--{precision} is not available yet: this version compiles fp32 only; use --fp32")
-    return PrecisionPlan(name="fp32", weights="float32", matmul="float32", layer_norm="float32",
-                         softmax="float32", logits="float32", mel="float32")
+    low = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[precision]
+    return PrecisionPlan(name=precision, weights=low, matmul=low, residual="float32", layer_norm="float32",
+                         softmax="float32", kv_cache=low, logits=low, mel="float32")

@@ -8,6 +8,10 @@ transpose, which MAX folds into the matmul.
 
 from __future__ import annotations
 
+import json
+import struct
+from pathlib import Path
+
 import numpy as np
 
 from .checkpoint import Checkpoint
@@ -45,5 +49,32 @@ def graph_weights(ck: Checkpoint, plan: PrecisionPlan) -> dict[str, np.ndarray]:
     for name in ("encoder.ln_post.weight", "encoder.ln_post.bias", "decoder.token_embedding.weight",
                  "decoder.positional_embedding", "decoder.ln.weight", "decoder.ln.bias"):
         out[name] = w[name]
-    dtype = np.dtype(plan.weights)
+    dtype = np.float32 if plan.weights == "bfloat16" else np.dtype(plan.weights)  # bf16: converted when saved
     return {k: np.ascontiguousarray(v, dtype=dtype) for k, v in out.items()}
+
+
+def to_bfloat16_bits(a: np.ndarray) -> np.ndarray:
+    """float32 → bfloat16 bit patterns (uint16), rounding to nearest even like every bf16 conversion does."""
+    u = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def save_weights(weights: dict[str, np.ndarray], path: Path, plan: PrecisionPlan) -> None:
+    """safetensors in the plan's dtype. numpy has no bfloat16: those tensors are written as their uint16 bit
+    patterns and the header's dtype tags are set to BF16 (same size, same layout)."""
+    from safetensors.numpy import save_file
+
+    meta = {"format": "mwc", "precision": plan.name}
+    if plan.weights != "bfloat16":
+        save_file(weights, str(path), metadata=meta)
+        return
+    save_file({k: to_bfloat16_bits(v) for k, v in weights.items()}, str(path), metadata=meta)
+    with open(path, "r+b") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        for k, info in header.items():
+            if k != "__metadata__":
+                info["dtype"] = "BF16"
+        raw = json.dumps(header, separators=(",", ":")).encode().ljust(n)  # same length: the data stays put
+        f.seek(8)
+        f.write(raw)

@@ -103,8 +103,3 @@ def test_failure_mid_compile_leaves_nothing(hf_small, tmp_path, monkeypatch):
         write_artifact(load_checkpoint(str(hf_small)), plan_for("fp32", "cpu"), out, device="cpu",
                        attention="max", force=False, log=lambda s: None)
     assert not out.exists() and not list(tmp_path.glob(".art.partial-*"))
-
-
-def test_reduced_precision_is_refused_clearly(hf_small, tmp_path):
-    out = tmp_path / "out"
-    assert_clean_failure(mwc("compile", str(hf_small), "--fp16", "-o", str(out)), out, "fp16")

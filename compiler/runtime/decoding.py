@@ -1,4 +1,10 @@
-"""Greedy decoding and the 30 s window loop, following openai/whisper's decoding.py and transcribe.py.
+"""Greedy/sampled decoding and the 30 s window loop, following openai/whisper's decoding.py and transcribe.py.
+
+Each window is decoded at the first temperature of ``(0.0, 0.2, ..., 1.0)`` and re-decoded at the next one when the
+text is too repetitive (gzip compression ratio > 2.4) or too improbable (average log-prob < -1.0), unless the window
+looks like silence (no-speech probability > 0.6 with a low log-prob): then it is skipped, as in openai's
+``decode_with_fallback`` and no-speech check. Temperature 0 is greedy (argmax); above 0 the next token is sampled
+from softmax(logits / T) with a seeded numpy Generator, so results are reproducible.
 
 Logit rules are small classes applied in order (suppress blank, suppress tokens, timestamp rules), as in openai's
 ``LogitFilter``s. The model is anything with ``encode(mel_window)`` and ``decode(tokens, audio, cache)``: the
@@ -7,7 +13,8 @@ compiled MAX artifact (``runtime.model``) and the numpy float64 reference (``com
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import zlib
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -19,6 +26,7 @@ from .tokenizer import Tokenizer
 class DecodingOptions:
     language: str | None = None  # None: detect (multilingual models); ignored by .en models
     task: str = "transcribe"
+    temperature: float = 0.0  # 0: greedy; > 0: sample from softmax(logits / temperature)
     without_timestamps: bool = False
     max_initial_timestamp: float = 1.0
     suppress_blank: bool = True
@@ -33,6 +41,22 @@ class DecodingResult:
     avg_logprob: float
     no_speech_prob: float
     language: str | None
+    temperature: float = 0.0
+    compression_ratio: float = float("nan")
+
+
+def compression_ratio(text: str) -> float:
+    """openai's utils.compression_ratio: len(utf-8 bytes) / len(zlib-compressed bytes)."""
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data))
+
+
+def _sample(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> int:
+    """One draw from softmax(logits / temperature) (openai: Categorical(logits=logits / T).sample())."""
+    z = logits.astype(np.float64) / temperature
+    z = np.exp(z - z.max())  # suppressed tokens (-inf) get probability 0
+    c = np.cumsum(z)
+    return min(int(np.searchsorted(c, rng.random() * c[-1], side="right")), len(c) - 1)
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -125,8 +149,11 @@ def detect_language(model, tokenizer: Tokenizer, audio_features) -> str:
 
 def decode_window(model, tokenizer: Tokenizer, mel_window: np.ndarray, options: DecodingOptions,
                   suppress: list[int], prompt: list[int] | None = None, n_text_ctx: int = 448,
-                  n_audio_ctx: int = 1500) -> DecodingResult:
-    """Greedy decoding (temperature 0) of one 30 s mel window (n_mels, 3000)."""
+                  n_audio_ctx: int = 1500, rng: np.random.Generator | None = None) -> DecodingResult:
+    """Decoding of one 30 s mel window (n_mels, 3000): greedy at options.temperature 0, else sampled with rng."""
+    temperature = float(options.temperature)
+    if temperature > 0 and rng is None:
+        rng = np.random.default_rng(0)
     audio = model.encode(mel_window[None].astype(np.float32))
     language = options.language
     if tokenizer.languages and language is None:
@@ -162,7 +189,10 @@ def decode_window(model, tokenizer: Tokenizer, mel_window: np.ndarray, options: 
         logits = np.array(logits_all[:, -1], dtype=np.float32)  # a copy: filters write into it
         for f in filters:
             f.apply(logits, tokens)
-        next_token = int(np.argmax(logits[0]))
+        if temperature == 0:
+            next_token = int(np.argmax(logits[0]))
+        else:
+            next_token = _sample(logits[0], temperature, rng)
         sum_logprob += float(_log_softmax(logits)[0, next_token])
         tokens = np.concatenate([tokens, [[next_token]]], axis=1)
         if next_token == tokenizer.eot or tokens.shape[1] > n_text_ctx:
@@ -174,7 +204,7 @@ def decode_window(model, tokenizer: Tokenizer, mel_window: np.ndarray, options: 
     text = tokenizer.decode(sampled).strip()
     return DecodingResult(tokens=sampled, text=text, sum_logprob=sum_logprob,
                           avg_logprob=sum_logprob / (len(sampled) + 1), no_speech_prob=no_speech_prob,
-                          language=language)
+                          language=language, temperature=temperature, compression_ratio=compression_ratio(text))
 
 
 @dataclass
@@ -183,15 +213,72 @@ class Segment:
     end: float
     text: str
     tokens: list[int] = field(default_factory=list)
+    # the rest as in openai's segment dicts (the window's decoding result)
+    id: int = 0
+    seek: int = 0
+    temperature: float = 0.0
+    avg_logprob: float = float("nan")
+    compression_ratio: float = float("nan")
+    no_speech_prob: float = float("nan")
+
+    def to_dict(self) -> dict:
+        """openai's segment dict (keys in its order)."""
+        return {"id": self.id, "seek": self.seek, "start": self.start, "end": self.end, "text": self.text,
+                "tokens": [int(t) for t in self.tokens], "temperature": self.temperature,
+                "avg_logprob": self.avg_logprob, "compression_ratio": self.compression_ratio,
+                "no_speech_prob": self.no_speech_prob}
+
+
+TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+# log-mel units: (log10(band power) + 4) / 4. -0.75 is band power 1e-7, about 16-bit dither (digital silence is
+# -1.5); quiet speech at -60 dBFS still reaches about -0.2.
+SILENCE_MEL_THRESHOLD = -0.75
+
+
+def is_silent(mel_content: np.ndarray, threshold: float = SILENCE_MEL_THRESHOLD) -> bool:
+    """True when a window's content frames hold no signal: every log-mel value below ``threshold``, or all equal
+    (flat at the file's 80 dB floor: silence inside a loud file, where openai's dynamic-range clamp lifts it)."""
+    if mel_content.size == 0:
+        return True
+    hi, lo = float(mel_content.max()), float(mel_content.min())
+    return hi < threshold or hi - lo < 1e-4
+
+
+def needs_fallback(result: DecodingResult, compression_ratio_threshold: float | None,
+                   logprob_threshold: float | None, no_speech_threshold: float | None) -> bool:
+    """openai's decode_with_fallback test: too repetitive or too improbable, unless it looks like silence."""
+    fallback = False
+    if compression_ratio_threshold is not None and result.compression_ratio > compression_ratio_threshold:
+        fallback = True  # too repetitive
+    if logprob_threshold is not None and result.avg_logprob < logprob_threshold:
+        fallback = True  # average log probability is too low
+    if (no_speech_threshold is not None and result.no_speech_prob > no_speech_threshold
+            and logprob_threshold is not None and result.avg_logprob < logprob_threshold):
+        fallback = False  # silence
+    return fallback
 
 
 def transcribe(model, tokenizer: Tokenizer, mel: np.ndarray, options: DecodingOptions, suppress: list[int],
-               n_text_ctx: int = 448, n_audio_ctx: int = 1500, condition_on_previous_text: bool = True) -> dict:
+               n_text_ctx: int = 448, n_audio_ctx: int = 1500, condition_on_previous_text: bool = True,
+               temperature: float | tuple[float, ...] = TEMPERATURES,
+               compression_ratio_threshold: float | None = 2.4, logprob_threshold: float | None = -1.0,
+               no_speech_threshold: float | None = 0.6, seed: int | None = 0,
+               silence_mel_threshold: float | None = SILENCE_MEL_THRESHOLD) -> dict:
     """openai's sequential 30 s window loop over a whole-file mel (n_mels, frames incl. 30 s of padding).
 
-    Temperature 0 only (no fallback yet): segments are cut at timestamp pairs and the window advances to the last
-    timestamp, with the previous windows' text as the prompt.
+    Segments are cut at timestamp pairs and the window advances to the last timestamp, with the previous windows'
+    text as the prompt (reset after a window decoded at temperature > 0.5). Each window falls back through
+    ``temperature`` (a number or a tuple) as openai's decode_with_fallback does; windows judged silent are skipped.
+    ``seed`` seeds the numpy Generator used for sampling at temperature > 0 (None: unseeded).
+
+    One addition to openai: a window whose audio is silent in the log-mel (see ``is_silent``) is skipped without
+    decoding — openai decodes it and tiny.en then invents a word ("you") on 30 s of silence, because its
+    no-speech test needs a low log-prob too. ``silence_mel_threshold=None`` turns this off (exactly openai).
     """
+    temperatures = [float(temperature)] if isinstance(temperature, (int, float)) else [float(t) for t in temperature]
+    if not temperatures:
+        raise ValueError("temperature: give at least one value")
+    rng = np.random.default_rng(seed)
     content_frames = mel.shape[-1] - N_FRAMES
     input_stride = N_FRAMES // n_audio_ctx
     precision = input_stride * HOP_LENGTH / SAMPLE_RATE
@@ -205,12 +292,28 @@ def transcribe(model, tokenizer: Tokenizer, mel: np.ndarray, options: DecodingOp
         window = mel[:, seek:seek + segment_size]
         if window.shape[-1] < N_FRAMES:
             window = np.pad(window, ((0, 0), (0, N_FRAMES - window.shape[-1])))
-        result = decode_window(model, tokenizer, window, options, suppress,
-                               prompt=all_tokens[prompt_reset_since:] if condition_on_previous_text else None,
-                               n_text_ctx=n_text_ctx, n_audio_ctx=n_audio_ctx)
-        if options.language is None and result.language is not None:
-            options = DecodingOptions(**{**options.__dict__, "language": result.language})
+        if silence_mel_threshold is not None and is_silent(mel[:, seek:seek + segment_size], silence_mel_threshold):
+            windows.append(DecodingResult(tokens=[], text="", sum_logprob=0.0, avg_logprob=float("nan"),
+                                          no_speech_prob=1.0, language=options.language, compression_ratio=0.0))
+            seek += segment_size
+            continue
+        prompt = all_tokens[prompt_reset_since:]
+        for t in temperatures:  # decode_with_fallback
+            result = decode_window(model, tokenizer, window, replace(options, temperature=t), suppress,
+                                   prompt=prompt, n_text_ctx=n_text_ctx, n_audio_ctx=n_audio_ctx, rng=rng)
+            if options.language is None and result.language is not None:
+                options = replace(options, language=result.language)
+            if not needs_fallback(result, compression_ratio_threshold, logprob_threshold, no_speech_threshold):
+                break
         windows.append(result)
+        if no_speech_threshold is not None:  # no voice activity check
+            should_skip = result.no_speech_prob > no_speech_threshold
+            if logprob_threshold is not None and result.avg_logprob > logprob_threshold:
+                should_skip = False  # don't skip if the logprob is high enough, despite the no_speech_prob
+            if should_skip:
+                seek += segment_size  # fast-forward to the next segment boundary
+                continue
+        previous_seek = seek
         toks = np.array(result.tokens, dtype=np.int64)
         is_ts = toks >= tb
         single_timestamp_ending = is_ts[-2:].tolist() == [False, True]
@@ -237,10 +340,16 @@ def transcribe(model, tokenizer: Tokenizer, mel: np.ndarray, options: DecodingOp
             current.append(Segment(start=time_offset, end=time_offset + duration, text=tokenizer.decode(toks),
                                    tokens=toks.tolist()))
             seek += segment_size
-        for s in current:  # instantaneous or empty segments carry no text
-            if s.start == s.end or not s.text.strip():
+        for s in current:
+            s.id, s.seek = len(segments), previous_seek
+            s.temperature, s.avg_logprob = result.temperature, result.avg_logprob
+            s.compression_ratio, s.no_speech_prob = result.compression_ratio, result.no_speech_prob
+            if s.start == s.end or not s.text.strip():  # instantaneous or empty segments carry no text
                 s.text, s.tokens = "", []
-        segments.extend(current)
+            segments.append(s)
         all_tokens.extend(t for s in current for t in s.tokens)
+        if not condition_on_previous_text or result.temperature > 0.5:
+            prompt_reset_since = len(all_tokens)  # do not feed the prompt tokens if a high temperature was used
     text = "".join(s.text for s in segments)
-    return {"text": text.strip(), "segments": segments, "windows": windows, "language": options.language}
+    language = options.language or (None if tokenizer.languages else "en")  # openai: "en" for .en models
+    return {"text": text.strip(), "segments": segments, "windows": windows, "language": language}

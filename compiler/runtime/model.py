@@ -36,6 +36,16 @@ def read_manifest(folder: Path) -> dict:
     return manifest
 
 
+def _empty(shape: tuple, dtype: str):
+    """An empty KV cache in the graph's dtype (numpy has no bfloat16: a MAX buffer then)."""
+    if dtype == "bfloat16":
+        from max.driver import Buffer
+        from max.dtype import DType
+
+        return Buffer(DType.bfloat16, shape)
+    return np.zeros(shape, dtype=dtype)
+
+
 class Whisper:
     """A compiled Whisper: ``Whisper(folder).transcribe("audio.wav")["text"]``."""
 
@@ -74,8 +84,8 @@ class Whisper:
         self.suppress = suppress_ids(self.tokenizer, m["generation"]["suppress_tokens"])
         self.load_seconds = time.perf_counter() - t0
         d = self.dims
-        self._empty_cache = np.zeros((d["n_text_layer"], 1, d["n_text_head"], 0,
-                                      d["n_text_state"] // d["n_text_head"]), dtype=np.float32)
+        shape = (d["n_text_layer"], 1, d["n_text_head"], 0, d["n_text_state"] // d["n_text_head"])
+        self._empty_cache = _empty(shape, m["precision"]["kv_cache"])
 
     # --- the stages, each one compiled graph ---
     def log_mel(self, audio: np.ndarray, padding: int = N_SAMPLES) -> np.ndarray:
@@ -95,13 +105,17 @@ class Whisper:
 
     # --- the whole job ---
     def transcribe(self, audio, language: str | None = None, task: str = "transcribe",
-                   without_timestamps: bool = False) -> dict:
-        """Transcribe a path or a 16 kHz mono float32 array; returns text, segments and per-window tokens."""
+                   without_timestamps: bool = False, **kwargs) -> dict:
+        """Transcribe a path or a 16 kHz mono float32 array; returns text, segments and per-window tokens.
+
+        ``kwargs`` go to ``decoding.transcribe`` as in openai's transcribe(): temperature (a number or a tuple for
+        fallback), compression_ratio_threshold, logprob_threshold, no_speech_threshold,
+        condition_on_previous_text, seed."""
         if not isinstance(audio, np.ndarray):
             audio = load_audio(audio)
         options = DecodingOptions(language=language, task=task, without_timestamps=without_timestamps)
         return transcribe(self, self.tokenizer, self.log_mel(audio), options, self.suppress,
-                          n_text_ctx=self.dims["n_text_ctx"], n_audio_ctx=self.dims["n_audio_ctx"])
+                          n_text_ctx=self.dims["n_text_ctx"], n_audio_ctx=self.dims["n_audio_ctx"], **kwargs)
 
 
 def load(folder: str | Path) -> Whisper:
