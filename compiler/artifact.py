@@ -125,15 +125,17 @@ def graph_io(models: dict) -> dict:
 def write_artifact(ck: Checkpoint, plan: PrecisionPlan, out: Path, *, device: str, attention: str, force: bool,
                    parity: bool = True, log: Callable[[str], None] = print) -> dict:
     """checkpoint → weights → graphs → compiled .mef → artifact folder, written atomically."""
-    from max.driver import CPU
+    from max.driver import CPU, Accelerator, accelerator_count
     from max.engine import InferenceSession
     from max.graph import DeviceRef
     from .graph import build_module
     from .loader import render_loader
     from .weights import graph_weights, save_weights
 
-    if device != "cpu":
-        raise MwcError(f"--device {device}: GPU kernels are not built yet; compile with --device cpu")
+    if device not in ("cpu", "gpu"):
+        raise MwcError(f"--device {device}: choose cpu or gpu")
+    if device == "gpu" and accelerator_count() == 0:
+        raise MwcError("--device gpu: MAX sees no accelerator on this machine (a GPU artifact compiles where it runs)")
     ops_dir = resource_dir("ops")
     name = model_name(ck)
     timings: dict[str, float] = {}
@@ -149,11 +151,12 @@ def write_artifact(ck: Checkpoint, plan: PrecisionPlan, out: Path, *, device: st
         timings["weights_s"] = time.perf_counter() - t
 
         t = stage("graph: build mel, encoder and decoder")
-        module = build_module(ck.dims, plan, DeviceRef.CPU(), ops_dir, attention=attention)
+        graph_device = DeviceRef.GPU() if device == "gpu" else DeviceRef.CPU()
+        module = build_module(ck.dims, plan, graph_device, ops_dir, attention=attention)
         timings["build_s"] = time.perf_counter() - t
 
         t = stage("compile: MAX graph compiler (minutes when cold; cached in ~/.cache/modular)")
-        session = InferenceSession(devices=[CPU()])
+        session = InferenceSession(devices=[Accelerator() if device == "gpu" else CPU()])
         try:
             # a Module does not carry its graphs' custom_extensions: the session must be given them
             compiled = session.compile(module, custom_extensions=[ops_dir])
@@ -185,7 +188,7 @@ def write_artifact(ck: Checkpoint, plan: PrecisionPlan, out: Path, *, device: st
             "dims": ck.dims.to_dict(),
             "precision": plan.to_dict(),
             "device": device,
-            "target": cpu_target(),
+            "target": {**cpu_target(), **({"accelerator": Accelerator().architecture_name} if device == "gpu" else {})},
             "attention": attention,
             "serialization": {"format": "mef", "file": "model.mef",
                               "why": "CompiledModel.export_mef reloads in a new process without compiling; "

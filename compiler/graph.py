@@ -37,6 +37,9 @@ class WhisperGraphs:
         self.wdtype = _dtype(plan.weights)
         self.act = _dtype(plan.matmul)  # matmul inputs and outputs
         self.res = _dtype(plan.residual)  # the residual stream
+        # MAX 26.7's GPU conv2d is a naive kernel (27 ms for conv1 of one tiny.en window on an H200): on the GPU the
+        # k=3 convolutions run as im2col + matmul instead
+        self.conv_impl = "conv2d" if device == DeviceRef.CPU() else "matmul"
         self.graph: Graph | None = None
 
     def extensions(self, ops_dir: Path, causal: bool = False) -> list[Path]:
@@ -90,6 +93,23 @@ class WhisperGraphs:
         s = self.cast((q @ ops.permute(k, [0, 1, 3, 2])) * scale, _dtype(self.plan.softmax))
         return self.cast(ops.softmax(s), v.dtype) @ v
 
+    def conv3(self, x: TensorValue, name: str, n_in: int, n_out: int, stride: int) -> TensorValue:
+        """openai's Conv1d(k=3, padding=1, stride) + GELU on time-major (B, T, n_in) → (B, T', n_out)."""
+        w = self.wt(name + ".weight", (1, 3, n_in, n_out), self.act)
+        b = self.wt(name + ".bias", (n_out,), self.act)
+        if self.conv_impl == "conv2d":  # (B, 1, T, C) NHWC with RSCF filters
+            y = ops.conv2d(ops.unsqueeze(x, 1), w, stride=(1, stride), padding=(0, 0, 1, 1), bias=b)
+            return ops.gelu(ops.squeeze(y, 1))
+        t = x.shape[1]
+        t_end = ops.shape_to_tensor([t]).reshape([])
+        xp = ops.pad(x, [0, 0, 1, 1, 0, 0])  # (B, T + 2, n_in)
+        cols = ops.concat([ops.slice_tensor(xp, [slice(None), (slice(k, t_end + k), t), slice(None)])
+                           for k in range(3)], axis=-1)  # (B, T, 3 * n_in): taps t-1, t, t+1
+        y = cols @ ops.reshape(w, [3 * n_in, n_out]) + b
+        if stride == 2:  # the stride-1 result at even t
+            y = ops.slice_tensor(y, [slice(None), (slice(0, t_end, 2), (t + 1) // 2), slice(None)])
+        return ops.gelu(y)
+
     def mlp(self, x: TensorValue, p: str, n: int) -> TensorValue:
         h = ops.gelu(self.linear(x, p + ".mlp.0", 4 * n, n))
         return self.linear(h, p + ".mlp.2", n, 4 * n)
@@ -121,13 +141,9 @@ class WhisperGraphs:
         with Graph("encoder", input_types=[mel_t], module=module, custom_extensions=self.extensions(ops_dir)) as g:
             self.graph = g
             x = self.cast(g.inputs[0].tensor, self.act)
-            # conv1d(k=3, pad=1) as conv2d over (B, 1, frames, n_mels) NHWC with RSCF filters
-            x = ops.unsqueeze(ops.permute(x, [0, 2, 1]), 1)
-            x = ops.gelu(ops.conv2d(x, self.wt("encoder.conv1.weight", (1, 3, d.n_mels, n), self.act), stride=(1, 1),
-                                    padding=(0, 0, 1, 1), bias=self.wt("encoder.conv1.bias", (n,), self.act)))
-            x = ops.gelu(ops.conv2d(x, self.wt("encoder.conv2.weight", (1, 3, n, n), self.act), stride=(1, 2),
-                                    padding=(0, 0, 1, 1), bias=self.wt("encoder.conv2.bias", (n,), self.act)))
-            x = self.cast(ops.squeeze(x, 1), self.res)  # (B, T, n)
+            x = ops.permute(x, [0, 2, 1])  # (B, frames, n_mels)
+            x = self.conv3(x, "encoder.conv1", d.n_mels, n, 1)
+            x = self.cast(self.conv3(x, "encoder.conv2", n, n, 2), self.res)  # (B, T, n)
             t = x.shape[1]
             pos = self.wt("encoder.positional_embedding", (d.n_audio_ctx, n), self.res)
             x = x + ops.slice_tensor(pos, [(slice(0, ops.shape_to_tensor([t]).reshape([])), t)])

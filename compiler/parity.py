@@ -11,12 +11,22 @@ import numpy as np
 from .checkpoint import Checkpoint
 from .reference import NumpyWhisper, log_mel_spectrogram
 from .runtime.audio import N_FRAMES, N_SAMPLES, SAMPLE_RATE
+from .runtime.model import to_numpy
 
 # max |got - want| / max |want| per stage (mel: absolute). Reduced precisions are bounded by their rounding:
 # fp16 keeps 11 significant bits, bf16 8; the residual stream and the statistics stay fp32 in both plans.
 TOLERANCES = {"fp32": {"mel_abs": 1e-4, "encoder_rel": 1e-3, "logits_rel": 1e-3},
               "fp16": {"mel_abs": 1e-4, "encoder_rel": 2e-2, "logits_rel": 2e-2},
               "bf16": {"mel_abs": 1e-4, "encoder_rel": 1e-1, "logits_rel": 1e-1}}
+# MAX 26.7 runs fp32 matmuls on NVIDIA GPUs through cuBLAS's TF32 kernels (10-bit mantissa inputs): a plain fp32
+# matmul is off by ~8e-4 relative there, so fp32 GPU artifacts get fp16-like bounds (measured on an H200: encoder
+# 2.0e-3, cross K/V 3.2e-3, logits 1.8e-3 with identical JFK tokens).
+GPU_FP32 = {"mel_abs": 1e-4, "encoder_rel": 1e-2, "logits_rel": 1e-2}
+
+
+def tolerances(manifest: dict) -> dict:
+    precision = manifest["precision"]["name"]
+    return GPU_FP32 if precision == "fp32" and manifest["device"] == "gpu" else TOLERANCES[precision]
 
 
 def test_signal(seconds: float = 4.0, seed: int = 0) -> np.ndarray:
@@ -37,7 +47,7 @@ def _stats(got: np.ndarray, want: np.ndarray) -> dict:
 
 def stage_parity(ck: Checkpoint, runtime, audio: np.ndarray | None = None, frames: int | None = None) -> dict:
     """Compare mel, encoder output, cross K/V and decoder logits (prompt + one cached step)."""
-    tol = TOLERANCES[runtime.manifest["precision"]["name"]]
+    tol = tolerances(runtime.manifest)
     d = ck.dims
     audio = test_signal() if audio is None else audio
     # deep models make the float64 reference slow: compare them on a shorter window (same kernels)
@@ -53,11 +63,11 @@ def stage_parity(ck: Checkpoint, runtime, audio: np.ndarray | None = None, frame
     window = mel_ref[:, :frames][None].astype(np.float32)
     got = runtime.encode(window)
     want = ref.encode(window)
-    s = _stats(got["xa"].to_numpy(), want["xa"])
+    s = _stats(to_numpy(got["xa"]), want["xa"])
     stages["encoder"] = {**s, "passed": s["max_rel"] <= tol["encoder_rel"], "tolerance": {"max_rel": tol["encoder_rel"]}}
     ck_ref = np.stack([k.reshape(k.shape[0], k.shape[1], d.n_text_head, -1).transpose(0, 2, 1, 3)
                        for k, _ in want["cross"]])
-    s = _stats(got["cross_k"].to_numpy(), ck_ref)
+    s = _stats(to_numpy(got["cross_k"]), ck_ref)
     stages["cross_kv"] = {**s, "passed": s["max_rel"] <= tol["encoder_rel"],
                           "tolerance": {"max_rel": tol["encoder_rel"]}}
 

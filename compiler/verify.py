@@ -18,7 +18,8 @@ import numpy as np
 from .artifact import sha256
 from .checkpoint import Checkpoint
 from .errors import MwcError
-from .parity import TOLERANCES, _stats
+from .parity import _stats, tolerances
+from .runtime.model import to_numpy
 from .reference import NumpyWhisper, log_mel_spectrogram
 from .runtime import decoding
 from .runtime.audio import N_FRAMES, N_SAMPLES, AudioError, load_audio
@@ -75,10 +76,10 @@ def verify_clip(runtime, ref: NumpyWhisper, clip: Clip, language: str | None) ->
     stages = {"mel": _stats(runtime.log_mel(audio), mel_ref)}
     window = mel_ref[:, :N_FRAMES][None].astype(np.float32)
     got, want = runtime.encode(window), ref.encode(window)
-    stages["encoder"] = _stats(got["xa"].to_numpy(), want["xa"])
+    stages["encoder"] = _stats(to_numpy(got["xa"]), want["xa"])
     k_ref = np.stack([k.reshape(k.shape[0], k.shape[1], d.n_text_head, -1).transpose(0, 2, 1, 3)
                       for k, _ in want["cross"]])
-    stages["cross_kv"] = _stats(got["cross_k"].to_numpy(), k_ref)
+    stages["cross_kv"] = _stats(to_numpy(got["cross_k"]), k_ref)
 
     options = decoding.DecodingOptions(language=language)
     tk = runtime.tokenizer
@@ -105,7 +106,7 @@ def run_verify(artifact: Path, ck: Checkpoint, clips: list[Clip], log=print) -> 
 
     runtime = Whisper(artifact)
     precision = runtime.manifest["precision"]["name"]
-    tol = TOLERANCES[precision]
+    tol = tolerances(runtime.manifest)
     ref = NumpyWhisper(ck)
     rows, failed_files = [], []
     for clip in clips:

@@ -19,8 +19,13 @@
 #   * Blocks with few valid queries (decoder steps, cross-attention with tiny Tq)
 #     use a row-wise path (dot products over D + online softmax per key chunk)
 #     instead of padding a whole query tile.
-# GPU: not implemented yet; `execute` dispatches on `target` so a GPU kernel
-# can be added in the `else` branch.
+# GPU design (`attention_gpu`, straightforward and correct, not tuned):
+#   * one thread block of GQ warps per (b, h, tile of GQ query rows); one warp
+#     per query row; K/V tiles of 32 keys staged in shared memory as fp32.
+#   * lane j scores key j of the tile (dot over D from shared q row), warp
+#     max/sum reductions for the online softmax, each lane owns D/32 output
+#     columns and accumulates P V with the tile's probabilities broadcast by
+#     warp shuffles. fp32 accumulation, any float dtype, D <= GPU_MAX_D.
 
 import extensibility
 from extensibility import InputTensor, OutputTensor
@@ -30,6 +35,8 @@ from std.memory import Pointer, stack_allocation
 from std.sys import simd_width_of
 from std.utils.index import IndexList
 from std.utils.numerics import FlushDenormals
+from max.gpu import thread_idx, block_idx, barrier, lane_id
+from max.gpu.primitives import warp
 
 comptime F32 = DType.float32
 comptime W = simd_width_of[F32]()  # fp32 lanes per vector (16 on AVX-512)
@@ -454,6 +461,165 @@ def _work_item[
 
 
 # --------------------------------------------------------------------------- #
+# GPU path.
+# --------------------------------------------------------------------------- #
+
+comptime GQ = 8  # warps (= query rows) per block
+comptime GKT = 32  # keys per shared tile (one per lane)
+comptime GPU_MAX_D = 128
+comptime GNC = GPU_MAX_D // 32  # output columns per lane
+
+
+def _attn_gpu_kernel[
+    dtype: DType, causal: Bool
+](
+    qp: Pointer[Scalar[dtype], MutAnyOrigin],
+    kp: Pointer[Scalar[dtype], MutAnyOrigin],
+    vp: Pointer[Scalar[dtype], MutAnyOrigin],
+    op: Pointer[Scalar[dtype], MutAnyOrigin],
+    H: Int32,
+    Tq: Int32,
+    Tk: Int32,
+    D: Int32,
+    nblk: Int32,
+    qs0: Int64, qs1: Int64, qs2: Int64,
+    ks0: Int64, ks1: Int64, ks2: Int64,
+    vs0: Int64, vs1: Int64, vs2: Int64,
+    os0: Int64, os1: Int64, os2: Int64,
+    scale: Float32,
+):
+    comptime KS = GPU_MAX_D + 1  # padded K row: lanes read different banks
+    var ksh = stack_allocation[GKT * KS, Float32, address_space=AddressSpace.SHARED]()
+    var vsh = stack_allocation[GKT * GPU_MAX_D, Float32, address_space=AddressSpace.SHARED]()
+    var qsh = stack_allocation[GQ * GPU_MAX_D, Float32, address_space=AddressSpace.SHARED]()
+    var tid = Int(thread_idx.x)
+    var w = tid // 32
+    var lane = tid - w * 32
+    var item = Int(block_idx.x)
+    var nb = Int(nblk)
+    var bh = item // nb
+    var blk = item - bh * nb
+    var b = bh // Int(H)
+    var h = bh - b * Int(H)
+    var d_ = Int(D)
+    var tq = Int(Tq)
+    var tk = Int(Tk)
+    var off = tk - tq
+    var q0 = blk * GQ
+    var qi = q0 + w  # this warp's query row
+    var qbase = b * Int(qs0) + h * Int(qs1)
+    var kbase = b * Int(ks0) + h * Int(ks1)
+    var vbase = b * Int(vs0) + h * Int(vs1)
+    var obase = b * Int(os0) + h * Int(os1)
+
+    # this warp's query row, pre-scaled, in shared memory
+    var d = lane
+    while d < d_:
+        var x: Float32 = 0
+        if qi < tq:
+            x = qp[unsafe_offset=qbase + qi * Int(qs2) + d].cast[F32]() * scale
+        qsh[unsafe_offset=w * GPU_MAX_D + d] = x
+        d += 32
+
+    # keys visible to any row of this block
+    var kend = tk
+    comptime if causal:
+        kend = min(tk, min(q0 + GQ, tq) + off)
+    var my_end = tk
+    comptime if causal:
+        my_end = min(tk, qi + off + 1)
+
+    var m_run = Float32(NEG_BIG)
+    var l_run: Float32 = 0
+    var acc = Array[Float32, GNC](fill=0)
+    var j0 = 0
+    while j0 < kend:
+        barrier()  # previous tile fully consumed (and q rows written)
+        var e = tid
+        while e < GKT * d_:
+            var r = e // d_
+            var c = e - r * d_
+            var j = j0 + r
+            var kx: Float32 = 0
+            var vx: Float32 = 0
+            if j < tk:
+                kx = kp[unsafe_offset=kbase + j * Int(ks2) + c].cast[F32]()
+                vx = vp[unsafe_offset=vbase + j * Int(vs2) + c].cast[F32]()
+            ksh[unsafe_offset=r * KS + c] = kx
+            vsh[unsafe_offset=r * GPU_MAX_D + c] = vx
+            e += GQ * 32
+        barrier()
+        if qi < tq and j0 < my_end:
+            var j = j0 + lane
+            var s = Float32(NEG_BIG)
+            if j < my_end:
+                var t: Float32 = 0
+                for c in range(d_):
+                    t += qsh[unsafe_offset=w * GPU_MAX_D + c] * ksh[unsafe_offset=lane * KS + c]
+                s = t
+            var tmax = warp.max(s)
+            var m_new = max(m_run, tmax)
+            var alpha = exp(m_run - m_new)
+            var p: Float32 = 0
+            if j < my_end:
+                p = exp(s - m_new)
+            l_run = l_run * alpha + warp.sum(p)
+            m_run = m_new
+            comptime for c in range(GNC):
+                acc[c] = acc[c] * alpha
+            var nk = min(GKT, my_end - j0)
+            for r in range(nk):
+                var pr = warp.shuffle_idx(p, UInt32(r))
+                comptime for c in range(GNC):
+                    var col = lane + 32 * c
+                    if col < d_:
+                        acc[c] += pr * vsh[unsafe_offset=r * GPU_MAX_D + col]
+        j0 += GKT
+
+    if qi < tq:
+        var inv = Float32(1) / l_run if l_run > 0 else Float32(0)
+        comptime for c in range(GNC):
+            var col = lane + 32 * c
+            if col < d_:
+                op[unsafe_offset=obase + qi * Int(os2) + col] = (acc[c] * inv).cast[dtype]()
+
+
+def attention_gpu[
+    dtype: DType, causal: Bool
+](
+    qp: Pointer[Scalar[dtype], MutAnyOrigin],
+    kp: Pointer[Scalar[dtype], MutAnyOrigin],
+    vp: Pointer[Scalar[dtype], MutAnyOrigin],
+    op: Pointer[Scalar[dtype], MutAnyOrigin],
+    B: Int,
+    H: Int,
+    Tq: Int,
+    Tk: Int,
+    D: Int,
+    qs: IndexList[3],
+    ks: IndexList[3],
+    vs: IndexList[3],
+    os: IndexList[3],
+    ctx: DeviceContext,
+) raises:
+    if B * H * Tq == 0:
+        return
+    if D > GPU_MAX_D:
+        raise Error("mwc_attention: GPU path supports head dim <= 128")
+    var scale = Float32(1) / sqrt(Float32(D))
+    var nblk = (Tq + GQ - 1) // GQ
+    ctx.enqueue_function[_attn_gpu_kernel[dtype, causal]](
+        qp, kp, vp, op, Int32(H), Int32(Tq), Int32(Tk), Int32(D), Int32(nblk),
+        Int64(qs[0]), Int64(qs[1]), Int64(qs[2]),
+        Int64(ks[0]), Int64(ks[1]), Int64(ks[2]),
+        Int64(vs[0]), Int64(vs[1]), Int64(vs[2]),
+        Int64(os[0]), Int64(os[1]), Int64(os[2]),
+        scale,
+        grid_dim=B * H * nblk, block_dim=GQ * 32,
+    )
+
+
+# --------------------------------------------------------------------------- #
 # Registration.
 # --------------------------------------------------------------------------- #
 
@@ -500,31 +666,31 @@ struct MwcAttention:
         ):
             raise Error("mwc_attention: innermost dim must be contiguous")
 
+        var qs = IndexList[3](
+            q.stride_length(0), q.stride_length(1), q.stride_length(2)
+        )
+        var ks = IndexList[3](
+            k.stride_length(0), k.stride_length(1), k.stride_length(2)
+        )
+        var vs = IndexList[3](
+            v.stride_length(0), v.stride_length(1), v.stride_length(2)
+        )
+        var os = IndexList[3](
+            out_t.stride_length(0),
+            out_t.stride_length(1),
+            out_t.stride_length(2),
+        )
+        var qp = rebind[Pointer[Scalar[dtype], MutAnyOrigin]](q.unsafe_ptr())
+        var kp = rebind[Pointer[Scalar[dtype], MutAnyOrigin]](k.unsafe_ptr())
+        var vp = rebind[Pointer[Scalar[dtype], MutAnyOrigin]](v.unsafe_ptr())
+        var op = rebind[Pointer[Scalar[dtype], MutAnyOrigin]](
+            out_t.unsafe_ptr()
+        )
         comptime if target == "cpu":
-            var qs = IndexList[3](
-                q.stride_length(0), q.stride_length(1), q.stride_length(2)
-            )
-            var ks = IndexList[3](
-                k.stride_length(0), k.stride_length(1), k.stride_length(2)
-            )
-            var vs = IndexList[3](
-                v.stride_length(0), v.stride_length(1), v.stride_length(2)
-            )
-            var os = IndexList[3](
-                out_t.stride_length(0),
-                out_t.stride_length(1),
-                out_t.stride_length(2),
-            )
             attention_cpu[dtype, causal](
-                rebind[Pointer[Scalar[dtype], MutAnyOrigin]](q.unsafe_ptr()),
-                rebind[Pointer[Scalar[dtype], MutAnyOrigin]](k.unsafe_ptr()),
-                rebind[Pointer[Scalar[dtype], MutAnyOrigin]](v.unsafe_ptr()),
-                rebind[Pointer[Scalar[dtype], MutAnyOrigin]](
-                    out_t.unsafe_ptr()
-                ),
-                B, H, Tq, Tk, D, qs, ks, vs, os, ctx,
+                qp, kp, vp, op, B, H, Tq, Tk, D, qs, ks, vs, os, ctx,
             )
         else:
-            # GPU path goes here (e.g. one block per (b, h, query tile),
-            # shared-memory K/V tiles, same online softmax as _attn_tile).
-            raise Error("mwc_attention: only the CPU target is implemented")
+            attention_gpu[dtype, causal](
+                qp, kp, vp, op, B, H, Tq, Tk, D, qs, ks, vs, os, ctx,
+            )

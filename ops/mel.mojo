@@ -19,8 +19,12 @@
 # The mel projection skips the zero part of each filter row. Frame groups are
 # spread over the CPU worker threads with `sync_parallelize`.
 #
-# GPU: not implemented yet. `execute` dispatches on `target`; a GPU version
-# should add a `_log_mel_gpu(...)` and a branch in `MwcLogMel.execute`.
+# GPU algorithm (`_log_mel_gpu`): kernel 1 runs one thread block per frame:
+# the reflect-padded windowed frame goes to shared memory, thread k computes
+# bin k by a direct 400-point DFT with a shared twiddle table (index k*n % 400),
+# then thread m projects onto mel row m and writes log10; thread 0 stores the
+# frame's max into a scratch buffer. Kernel 2 (grid-stride) reduces those
+# per-frame maxima in every block, then clamps to (max - 8) and rescales.
 # ===----------------------------------------------------------------------=== #
 
 import extensibility
@@ -30,8 +34,10 @@ from max.gpu.host.info import is_cpu
 from max.algorithm import sync_parallelize
 from max.runtime.asyncrt import parallelism_level
 from std.memory.alloc import unsafe_alloc
+from std.memory import stack_allocation
 from std.math import cos, sin, log10, pi
 from std.sys import simd_width_of
+from max.gpu import thread_idx, block_idx, block_dim, grid_dim, barrier
 
 comptime N_FFT = 400
 comptime HOP = 160
@@ -282,6 +288,159 @@ def _log_mel_cpu(
     tmax.unsafe_free()
 
 
+# ---------------------------------------------------------------------------- #
+# GPU path
+# ---------------------------------------------------------------------------- #
+
+comptime GPU_THREADS = 256
+comptime F32Any = Pointer[Float32, MutAnyOrigin]
+
+
+def _mel_frames_kernel(
+    audio: F32Any,
+    audio_stride: Int64,
+    n_samples: Int64,
+    filt: F32Any,  # [n_mels, filt_row_stride]
+    filt_row_stride: Int64,
+    filt_col_stride: Int64,
+    n_mels: Int64,
+    dst: F32Any,
+    out_row_stride: Int64,
+    out_col_stride: Int64,
+    frame_max: F32Any,  # [n_frames] scratch
+):
+    var xs = stack_allocation[N_FFT, Float32, address_space=AddressSpace.SHARED]()
+    var twc = stack_allocation[N_FFT, Float32, address_space=AddressSpace.SHARED]()
+    var tws = stack_allocation[N_FFT, Float32, address_space=AddressSpace.SHARED]()
+    var pw = stack_allocation[N_BINS + 7, Float32, address_space=AddressSpace.SHARED]()
+    var red = stack_allocation[GPU_THREADS, Float32, address_space=AddressSpace.SHARED]()
+    var t = Int(block_idx.x)
+    var tid = Int(thread_idx.x)
+    var ns = Int(n_samples)
+    var start = t * HOP - N_FFT // 2
+    var n = tid
+    while n < N_FFT:
+        # fp32: NVIDIA GPUs have no float64 cos/sin in Mojo's math
+        var ang = Float32(2.0 * pi) * Float32(n) / Float32(N_FFT)
+        twc[unsafe_offset=n] = cos(ang)
+        tws[unsafe_offset=n] = sin(ang)
+        var j = start + n
+        if j < 0:
+            j = -j
+        if j >= ns:
+            j = 2 * (ns - 1) - j
+        var w = Float32(0.5) - Float32(0.5) * cos(ang)
+        xs[unsafe_offset=n] = w * audio[unsafe_offset=j * Int(audio_stride)]
+        n += GPU_THREADS
+    barrier()
+    var k = tid
+    while k < N_BINS:
+        var re: Float32 = 0
+        var im: Float32 = 0
+        var idx = 0
+        for m in range(N_FFT):
+            var x = xs[unsafe_offset=m]
+            re += x * twc[unsafe_offset=idx]
+            im -= x * tws[unsafe_offset=idx]
+            idx += k
+            if idx >= N_FFT:
+                idx -= N_FFT
+        pw[unsafe_offset=k] = re * re + im * im
+        k += GPU_THREADS
+    barrier()
+    var vmax = Float32(-1.0e30)
+    var m = tid
+    while m < Int(n_mels):
+        var acc: Float32 = 0
+        var row = m * Int(filt_row_stride)
+        for f in range(N_BINS):
+            acc += filt[unsafe_offset=row + f * Int(filt_col_stride)] * pw[unsafe_offset=f]
+        var lg = log10(max(acc, Float32(1.0e-10)))
+        vmax = max(vmax, lg)
+        dst[unsafe_offset=m * Int(out_row_stride) + t * Int(out_col_stride)] = lg
+        m += GPU_THREADS
+    red[unsafe_offset=tid] = vmax
+    barrier()
+    var s = GPU_THREADS // 2
+    while s > 0:
+        if tid < s:
+            red[unsafe_offset=tid] = max(red[unsafe_offset=tid], red[unsafe_offset=tid + s])
+        barrier()
+        s //= 2
+    if tid == 0:
+        frame_max[unsafe_offset=t] = red[unsafe_offset=0]
+
+
+def _mel_finish_kernel(
+    dst: F32Any,
+    out_row_stride: Int64,
+    out_col_stride: Int64,
+    n_mels: Int64,
+    n_frames: Int64,
+    frame_max: F32Any,
+):
+    var red = stack_allocation[GPU_THREADS, Float32, address_space=AddressSpace.SHARED]()
+    var tid = Int(thread_idx.x)
+    var nf = Int(n_frames)
+    var vmax = Float32(-1.0e30)
+    var i = tid
+    while i < nf:
+        vmax = max(vmax, frame_max[unsafe_offset=i])
+        i += GPU_THREADS
+    red[unsafe_offset=tid] = vmax
+    barrier()
+    var s = GPU_THREADS // 2
+    while s > 0:
+        if tid < s:
+            red[unsafe_offset=tid] = max(red[unsafe_offset=tid], red[unsafe_offset=tid + s])
+        barrier()
+        s //= 2
+    var floor_v = red[unsafe_offset=0] - 8.0
+    var total = Int(n_mels) * nf
+    var e = Int(block_idx.x) * GPU_THREADS + tid
+    var step = Int(grid_dim.x) * GPU_THREADS
+    while e < total:
+        var m = e // nf
+        var t = e - m * nf
+        var o = m * Int(out_row_stride) + t * Int(out_col_stride)
+        dst[unsafe_offset=o] = (max(dst[unsafe_offset=o], floor_v) + 4.0) * 0.25
+        e += step
+
+
+def _log_mel_gpu(
+    audio: F32Any,
+    audio_stride: Int,
+    n_samples: Int,
+    filt: F32Any,
+    filt_row_stride: Int,
+    filt_col_stride: Int,
+    n_mels: Int,
+    dst: F32Any,
+    out_row_stride: Int,
+    out_col_stride: Int,
+    n_frames: Int,
+    ctx: DeviceContext,
+) raises:
+    if n_frames <= 0 or n_mels <= 0:
+        return
+    var scratch = ctx.enqueue_create_buffer[DType.float32](n_frames)
+    var fm = scratch.unsafe_ptr().unsafe_origin_cast[MutAnyOrigin]()
+    ctx.enqueue_function[_mel_frames_kernel](
+        audio, Int64(audio_stride), Int64(n_samples), filt,
+        Int64(filt_row_stride), Int64(filt_col_stride), Int64(n_mels), dst,
+        Int64(out_row_stride), Int64(out_col_stride), fm,
+        grid_dim=n_frames, block_dim=GPU_THREADS,
+    )
+    var total = n_mels * n_frames
+    var blocks = min((total + GPU_THREADS - 1) // GPU_THREADS, 1024)
+    ctx.enqueue_function[_mel_finish_kernel](
+        dst, Int64(out_row_stride), Int64(out_col_stride), Int64(n_mels),
+        Int64(n_frames), fm,
+        grid_dim=blocks, block_dim=GPU_THREADS,
+    )
+    _ = scratch^
+
+
 @extensibility.register("mwc_log_mel")
 struct MwcLogMel:
     @staticmethod
@@ -326,6 +485,17 @@ struct MwcLogMel:
             )
             filt.unsafe_free()
         else:
-            comptime assert is_cpu[target](), (
-                "mwc_log_mel: only the CPU target is implemented (GPU TODO)"
+            _log_mel_gpu(
+                rebind[F32Any](audio.unsafe_ptr()),
+                audio.strides()[0],
+                n_samples,
+                rebind[F32Any](filters.unsafe_ptr()),
+                filters.strides()[0],
+                filters.strides()[1],
+                n_mels,
+                rebind[F32Any](out_t.unsafe_ptr()),
+                out_t.strides()[0],
+                out_t.strides()[1],
+                n_frames,
+                ctx,
             )

@@ -36,14 +36,25 @@ def read_manifest(folder: Path) -> dict:
     return manifest
 
 
-def _empty(shape: tuple, dtype: str):
-    """An empty KV cache in the graph's dtype (numpy has no bfloat16: a MAX buffer then)."""
-    if dtype == "bfloat16":
+def _empty(shape: tuple, dtype: str, device=None):
+    """An empty KV cache in the graph's dtype, on the graphs' device (numpy has no bfloat16: a MAX buffer then)."""
+    if dtype == "bfloat16" or device is not None:
         from max.driver import Buffer
         from max.dtype import DType
 
-        return Buffer(DType.bfloat16, shape)
+        return Buffer(getattr(DType, dtype), shape, device=device)
     return np.zeros(shape, dtype=dtype)
+
+
+def to_numpy(x) -> np.ndarray:
+    """A graph output as numpy, copied to the host first when it lives on an accelerator."""
+    if isinstance(x, np.ndarray):
+        return x
+    if not x.is_host:
+        from max.driver import CPU
+
+        x = x.to(CPU())
+    return x.to_numpy()
 
 
 class Whisper:
@@ -51,7 +62,7 @@ class Whisper:
 
     def __init__(self, folder: str | Path):
         from max import engine
-        from max.driver import CPU
+        from max.driver import CPU, Accelerator, accelerator_count
         from max.engine import InferenceSession
         from max.graph.weights import SafetensorWeights
 
@@ -69,9 +80,15 @@ class Whisper:
         if have != want:
             raise ArtifactError(f"{self.folder}: compiled with max=={want} but max=={have} is installed; "
                                 f"pip install max=={want} or recompile the artifact")
-        if m["device"] != "cpu":
-            raise ArtifactError(f"{self.folder}: compiled for {m['device']}; this runtime runs cpu artifacts")
-        self.session = InferenceSession(devices=[CPU()])
+        if m["device"] == "gpu":
+            if accelerator_count() == 0:
+                raise ArtifactError(f"{self.folder}: compiled for gpu, but MAX sees no accelerator here")
+            self.device = Accelerator()
+        elif m["device"] == "cpu":
+            self.device = None
+        else:
+            raise ArtifactError(f"{self.folder}: compiled for {m['device']}; this runtime runs cpu and gpu artifacts")
+        self.session = InferenceSession(devices=[self.device or CPU()])
         self._weights = SafetensorWeights([self.folder / "weights.safetensors"])
         registry = {name: w.data().data for name, w in self._weights.items()}
         try:
@@ -85,23 +102,31 @@ class Whisper:
         self.load_seconds = time.perf_counter() - t0
         d = self.dims
         shape = (d["n_text_layer"], 1, d["n_text_head"], 0, d["n_text_state"] // d["n_text_head"])
-        self._empty_cache = _empty(shape, m["precision"]["kv_cache"])
+        self._empty_cache = _empty(shape, m["precision"]["kv_cache"], self.device)
+
+    def _in(self, x: np.ndarray):
+        """An input for the graphs: numpy on the CPU, a device buffer on an accelerator."""
+        if self.device is None:
+            return x
+        from max.driver import Buffer
+
+        return Buffer.from_numpy(x).to(self.device)
 
     # --- the stages, each one compiled graph ---
     def log_mel(self, audio: np.ndarray, padding: int = N_SAMPLES) -> np.ndarray:
         """Whole-file log-mel (n_mels, (len + padding) // 160), like openai's log_mel_spectrogram(padding=...)."""
         x = np.concatenate([np.asarray(audio, dtype=np.float32), np.zeros(padding, dtype=np.float32)])
-        return self.models["mel"].execute(x)[0].to_numpy()
+        return to_numpy(self.models["mel"].execute(self._in(x))[0])
 
     def encode(self, mel_window: np.ndarray) -> dict:
-        xa, k, v = self.models["encoder"].execute(np.ascontiguousarray(mel_window, dtype=np.float32))
+        xa, k, v = self.models["encoder"].execute(self._in(np.ascontiguousarray(mel_window, dtype=np.float32)))
         return {"xa": xa, "cross_k": k, "cross_v": v}
 
     def decode(self, tokens: np.ndarray, audio: dict, cache):
         k, v = cache if cache is not None else (self._empty_cache, self._empty_cache)
-        logits, k, v = self.models["decoder"].execute(np.ascontiguousarray(tokens, dtype=np.int64), k, v,
+        logits, k, v = self.models["decoder"].execute(self._in(np.ascontiguousarray(tokens, dtype=np.int64)), k, v,
                                                       audio["cross_k"], audio["cross_v"])
-        return logits.to_numpy(), (k, v)
+        return to_numpy(logits), (k, v)
 
     # --- the whole job ---
     def transcribe(self, audio, language: str | None = None, task: str = "transcribe",
