@@ -26,7 +26,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Callable
 
@@ -104,6 +104,14 @@ def atomic_folder(out: Path, force: bool):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def dist_version(name: str) -> str:
+    """An installed distribution's version; "unknown" where MAX was unpacked without its metadata."""
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def precompile_ops(ops_dir: Path, dest: Path) -> None:
     mojo = Path(sys.executable).parent / "mojo"
     cmd = [str(mojo) if mojo.exists() else "mojo", "precompile", str(ops_dir), "-o", str(dest)]
@@ -167,7 +175,10 @@ def write_artifact(ck: Checkpoint, plan: PrecisionPlan, out: Path, *, device: st
         timings["compile_s"] = time.perf_counter() - t
 
         t = stage("ops: precompile the Mojo kernels")
-        precompile_ops(ops_dir, tmp / "ops.mojoc")
+        try:
+            precompile_ops(ops_dir, tmp / "ops.mojoc")
+        except MwcError as e:  # the kernels are already inside model.mef; ops.mojoc only serves rebuilding graphs
+            log(f"  warning: {e}; the artifact ships without ops.mojoc")
         timings["ops_s"] = time.perf_counter() - t
 
         (tmp / "vocab.json").write_text(json.dumps(ck.vocab, ensure_ascii=False), encoding="utf-8")
@@ -181,7 +192,7 @@ def write_artifact(ck: Checkpoint, plan: PrecisionPlan, out: Path, *, device: st
             "schema_version": SCHEMA_VERSION,
             "name": name,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "versions": {"mwc": __version__, "max": version("max"), "mojo": version("mojo"),
+            "versions": {"mwc": __version__, "max": dist_version("max"), "mojo": dist_version("mojo"),
                          "python": platform.python_version()},
             "source": {"checkpoint": ck.source, "format": ck.source_format, "sha256": ck.source_sha256(),
                        "files": sorted(p.name for p in ck.source_files)},
