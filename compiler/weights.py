@@ -60,8 +60,8 @@ def to_bfloat16_bits(a: np.ndarray) -> np.ndarray:
 
 
 def save_weights(weights: dict[str, np.ndarray], path: Path, plan: PrecisionPlan) -> None:
-    """safetensors in the plan's dtype. numpy has no bfloat16: those tensors are written as their uint16 bit
-    patterns and the header's dtype tags are set to BF16 (same size, same layout)."""
+    """safetensors in the plan's dtype. numpy has no bfloat16: those tensors are saved as their uint16 bit patterns,
+    then the header is rewritten with BF16 dtype tags (data offsets are relative to the data block, so they hold)."""
     from safetensors.numpy import save_file
 
     meta = {"format": "mwc", "precision": plan.name}
@@ -69,12 +69,15 @@ def save_weights(weights: dict[str, np.ndarray], path: Path, plan: PrecisionPlan
         save_file(weights, str(path), metadata=meta)
         return
     save_file({k: to_bfloat16_bits(v) for k, v in weights.items()}, str(path), metadata=meta)
-    with open(path, "r+b") as f:
+    with open(path, "rb") as f:
         n = struct.unpack("<Q", f.read(8))[0]
         header = json.loads(f.read(n))
-        for k, info in header.items():
-            if k != "__metadata__":
-                info["dtype"] = "BF16"
-        raw = json.dumps(header, separators=(",", ":")).encode().ljust(n)  # same length: the data stays put
-        f.seek(8)
-        f.write(raw)
+        data = f.read()
+    for k, info in header.items():
+        if k != "__metadata__":
+            info["dtype"] = "BF16"
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the format pads the header to 8 bytes with spaces
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        f.write(data)

@@ -30,3 +30,23 @@ def test_fp16_artifact(tiny_en_dir, tmp_path_factory):
     r = mwc("transcribe", str(out), str(ROOT / "examples" / "jfk.flac"))
     assert r.returncode == 0, r.stderr
     assert normalize(r.stdout) == normalize(JFK)
+
+
+def test_bf16_weights_file_reads_back_in_max(tmp_path):
+    """numpy has no bfloat16: the writer stores bit patterns under BF16 tags; MAX's reader must accept the file."""
+    import numpy as np
+    from max.dtype import DType
+    from max.graph.weights import SafetensorWeights
+
+    from compiler.precision import plan_for
+    from compiler.weights import save_weights, to_bfloat16_bits
+
+    rng = np.random.default_rng(0)
+    w = {f"t{i}": rng.standard_normal((i + 1, 7)).astype(np.float32) for i in range(40)}  # long header
+    path = tmp_path / "w.safetensors"
+    save_weights(w, path, plan_for("bf16", "cpu"))
+    got = {k: v.data().data for k, v in SafetensorWeights([path]).items()}
+    assert set(got) == set(w)
+    for k, a in w.items():
+        assert got[k].dtype == DType.bfloat16
+        np.testing.assert_array_equal(got[k].view(DType.uint16).to_numpy(), to_bfloat16_bits(a))

@@ -89,8 +89,12 @@ class Whisper:
         else:
             raise ArtifactError(f"{self.folder}: compiled for {m['device']}; this runtime runs cpu and gpu artifacts")
         self.session = InferenceSession(devices=[self.device or CPU()])
-        self._weights = SafetensorWeights([self.folder / "weights.safetensors"])
-        registry = {name: w.data().data for name, w in self._weights.items()}
+        try:
+            self._weights = SafetensorWeights([self.folder / "weights.safetensors"])
+            registry = {name: w.data().data for name, w in self._weights.items()}
+        except (OSError, ValueError) as e:
+            raise ArtifactError(f"{self.folder / 'weights.safetensors'}: cannot be read ({e}); the artifact is "
+                                "damaged — recompile it") from e
         try:
             compiled = engine.read(self.folder / "model.mef")
             self.models = self.session.init_all(compiled, weights_registry=registry)
