@@ -225,9 +225,10 @@ def write_artifact(ck: Checkpoint, plan: PrecisionPlan, out: Path, *, device: st
             (tmp / "parity.json").write_text(json.dumps(report, indent=2))
             timings["parity_s"] = time.perf_counter() - t
             if not report["passed"]:
-                failed = [k for k, v in report["stages"].items() if not v["passed"]]
-                raise MwcError(f"{ck.source}: the compiled graphs disagree with the reference "
-                               f"({', '.join(failed)}); see the numbers above — nothing was written")
+                failed = ", ".join(f"{k} {v['max_rel']:.1e} rel > {v['tolerance']}" for k, v in report["stages"].items()
+                                   if not v["passed"])
+                raise MwcError(f"{ck.source}: the compiled graphs disagree with the numpy reference ({failed}); "
+                               "nothing was written")
 
         (tmp / "loader.py").write_text(render_loader(manifest))
         manifest["timings"] = {k: round(v, 3) for k, v in timings.items()}

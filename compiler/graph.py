@@ -46,9 +46,9 @@ class WhisperGraphs:
         return [ops_dir] if self.attention_impl == "mojo" or causal else []
 
     # --- helpers -------------------------------------------------------------------------------------------------
-    def w(self, name: str, shape: tuple[int, ...]) -> TensorValue:
+    def w(self, name: str, shape: tuple[int, ...], dtype: DType | None = None) -> TensorValue:
         assert self.graph is not None
-        return self.graph.add_weight(Weight(name, self.wdtype, shape, self.device))
+        return self.graph.add_weight(Weight(name, dtype or self.wdtype, shape, self.device))
 
     def cast(self, x: TensorValue, dtype: DType) -> TensorValue:
         return x if x.dtype == dtype else ops.cast(x, dtype)
@@ -131,7 +131,7 @@ class WhisperGraphs:
         with Graph("mel", input_types=[audio_t], module=module, custom_extensions=[ops_dir]) as g:
             self.graph = g
             audio = g.inputs[0].tensor
-            filters = self.wt("mel_filters", (d.n_mels, 201), DType.float32)
+            filters = self.w("mel_filters", (d.n_mels, 201), _dtype(self.plan.mel))  # stored in the mel's dtype
             out_t = TensorType(DType.float32, [d.n_mels, audio.shape[0] // 160], self.device)
             g.output(ops.custom("mwc_log_mel", self.device, [audio, filters], [out_t])[0].tensor)
 

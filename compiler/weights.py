@@ -50,7 +50,8 @@ def graph_weights(ck: Checkpoint, plan: PrecisionPlan) -> dict[str, np.ndarray]:
                  "decoder.positional_embedding", "decoder.ln.weight", "decoder.ln.bias"):
         out[name] = w[name]
     dtype = np.float32 if plan.weights == "bfloat16" else np.dtype(plan.weights)  # bf16: converted when saved
-    return {k: np.ascontiguousarray(v, dtype=dtype) for k, v in out.items()}
+    return {k: np.ascontiguousarray(v, dtype=np.dtype(plan.mel) if k == "mel_filters" else dtype)
+            for k, v in out.items()}
 
 
 def to_bfloat16_bits(a: np.ndarray) -> np.ndarray:
@@ -68,13 +69,14 @@ def save_weights(weights: dict[str, np.ndarray], path: Path, plan: PrecisionPlan
     if plan.weights != "bfloat16":
         save_file(weights, str(path), metadata=meta)
         return
-    save_file({k: to_bfloat16_bits(v) for k, v in weights.items()}, str(path), metadata=meta)
+    save_file({k: v if k == "mel_filters" else to_bfloat16_bits(v) for k, v in weights.items()}, str(path),
+              metadata=meta)
     with open(path, "rb") as f:
         n = struct.unpack("<Q", f.read(8))[0]
         header = json.loads(f.read(n))
         data = f.read()
     for k, info in header.items():
-        if k != "__metadata__":
+        if k not in ("__metadata__", "mel_filters"):
             info["dtype"] = "BF16"
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # the format pads the header to 8 bytes with spaces

@@ -47,13 +47,18 @@ def _empty(shape: tuple, dtype: str, device=None):
 
 
 def to_numpy(x) -> np.ndarray:
-    """A graph output as numpy, copied to the host first when it lives on an accelerator."""
+    """A graph output as numpy, copied to the host first when it lives on an accelerator (bfloat16, which numpy
+    lacks, widened to float32)."""
     if isinstance(x, np.ndarray):
         return x
     if not x.is_host:
         from max.driver import CPU
 
         x = x.to(CPU())
+    from max.dtype import DType
+
+    if x.dtype == DType.bfloat16:
+        return (x.view(DType.uint16).to_numpy().astype(np.uint32) << 16).view(np.float32)
     return x.to_numpy()
 
 
