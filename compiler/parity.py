@@ -37,6 +37,11 @@ def test_signal(seconds: float = 4.0, seed: int = 0) -> np.ndarray:
     return (x * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t)) + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
 
 
+def reference_cross_k(want: dict, n_head: int) -> np.ndarray:
+    """The reference's per-layer cross-attention keys in the graph's layout (layers, B, heads, T, 64)."""
+    return np.stack([k.reshape(k.shape[0], k.shape[1], n_head, -1).transpose(0, 2, 1, 3) for k, _ in want["cross"]])
+
+
 def _stats(got: np.ndarray, want: np.ndarray) -> dict:
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
     diff = np.abs(got - want)
@@ -65,9 +70,7 @@ def stage_parity(ck: Checkpoint, runtime, audio: np.ndarray | None = None, frame
     want = ref.encode(window)
     s = _stats(to_numpy(got["xa"]), want["xa"])
     stages["encoder"] = {**s, "passed": s["max_rel"] <= tol["encoder_rel"], "tolerance": {"max_rel": tol["encoder_rel"]}}
-    ck_ref = np.stack([k.reshape(k.shape[0], k.shape[1], d.n_text_head, -1).transpose(0, 2, 1, 3)
-                       for k, _ in want["cross"]])
-    s = _stats(to_numpy(got["cross_k"]), ck_ref)
+    s = _stats(to_numpy(got["cross_k"]), reference_cross_k(want, d.n_text_head))
     stages["cross_kv"] = {**s, "passed": s["max_rel"] <= tol["encoder_rel"],
                           "tolerance": {"max_rel": tol["encoder_rel"]}}
 

@@ -18,7 +18,7 @@ import numpy as np
 from .artifact import sha256
 from .checkpoint import Checkpoint
 from .errors import MwcError
-from .parity import _stats, tolerances
+from .parity import _stats, reference_cross_k, tolerances
 from .runtime.model import to_numpy
 from .reference import NumpyWhisper, log_mel_spectrogram
 from .runtime import decoding
@@ -77,9 +77,7 @@ def verify_clip(runtime, ref: NumpyWhisper, clip: Clip, language: str | None) ->
     window = mel_ref[:, :N_FRAMES][None].astype(np.float32)
     got, want = runtime.encode(window), ref.encode(window)
     stages["encoder"] = _stats(to_numpy(got["xa"]), want["xa"])
-    k_ref = np.stack([k.reshape(k.shape[0], k.shape[1], d.n_text_head, -1).transpose(0, 2, 1, 3)
-                      for k, _ in want["cross"]])
-    stages["cross_kv"] = _stats(to_numpy(got["cross_k"]), k_ref)
+    stages["cross_kv"] = _stats(to_numpy(got["cross_k"]), reference_cross_k(want, d.n_text_head))
 
     options = decoding.DecodingOptions(language=language)
     tk = runtime.tokenizer
