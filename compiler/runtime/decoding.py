@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from . import timing
 from .audio import CHUNK_LENGTH, HOP_LENGTH, N_FRAMES, SAMPLE_RATE
 from .tokenizer import Tokenizer
 
@@ -31,6 +32,10 @@ class DecodingOptions:
     max_initial_timestamp: float = 1.0
     suppress_blank: bool = True
     sample_len: int | None = None  # default: n_text_ctx // 2
+    beam_size: int | None = None  # beams at temperature 0 (openai's BeamSearchDecoder); None: greedy
+    best_of: int | None = None  # independent samples at temperature > 0, the likeliest kept; None: one
+    patience: float | None = None  # beam search: stop after round(beam_size * patience) finished candidates
+    length_penalty: float | None = None  # ranking: None divides the log-prob by the length, else ((5+n)/6)**alpha
 
 
 @dataclass
@@ -147,14 +152,160 @@ def detect_language(model, tokenizer: Tokenizer, audio_features) -> str:
     return codes[int(np.argmax(logits[0, -1, ids]))]
 
 
+def _verify_group_options(options: DecodingOptions) -> None:
+    """openai's DecodingTask._verify_options for the group settings."""
+    if options.beam_size is not None and options.best_of is not None:
+        raise ValueError("beam_size and best_of can't be given together")
+    if options.temperature == 0 and options.best_of is not None:
+        raise ValueError("best_of with greedy sampling (T=0) is not compatible")
+    if options.patience is not None and options.beam_size is None:
+        raise ValueError("patience requires beam_size to be given")
+    if options.length_penalty is not None and not 0 <= options.length_penalty <= 1:
+        raise ValueError("length_penalty (alpha) should be a value between 0 and 1")
+    for name in ("beam_size", "best_of"):
+        value = getattr(options, name)
+        if value is not None and (int(value) != value or value < 1):
+            raise ValueError(f"{name} must be a positive integer, not {value!r}")
+
+
+class BeamSearchDecoder:
+    """openai's BeamSearchDecoder for one audio: ``beam_size`` live beams; candidates that end in <|endoftext|> are
+    collected until ``round(beam_size * patience)`` of them are finished."""
+
+    def __init__(self, beam_size: int, eot: int, patience: float | None = None):
+        self.beam_size, self.eot = beam_size, eot
+        self.patience = patience or 1.0
+        self.max_candidates = round(beam_size * self.patience)
+        if self.max_candidates <= 0:
+            raise ValueError(f"Invalid beam size ({beam_size}) or patience ({patience})")
+        self.finished: dict[tuple, float] = {}
+
+    def update(self, tokens: np.ndarray, logits: np.ndarray, sum_logprobs: np.ndarray):
+        """One step: (beam, t) tokens and (beam, V) filtered logits → (beam, t + 1) tokens, the source beam of
+        each row (to reorder the KV cache by), and whether enough candidates have finished. ``sum_logprobs`` is
+        updated in place."""
+        logprobs = _log_softmax(logits)
+        scores: dict[tuple, float] = {}
+        sources: dict[tuple, int] = {}
+        for j in range(self.beam_size):  # STEP 1: the cumulative log-prob of every candidate
+            prefix = tokens[j].tolist()
+            top = np.argsort(-logprobs[j], kind="stable")[:self.beam_size + 1]  # torch topk, descending
+            for token in top.tolist():
+                sequence = tuple(prefix + [token])
+                scores[sequence] = float(sum_logprobs[j] + logprobs[j, token])
+                sources[sequence] = j
+        next_tokens, source_indices, finished = [], [], {}
+        for sequence in sorted(scores, key=scores.get, reverse=True):  # STEP 2: keep the top beam_size
+            if sequence[-1] == self.eot:
+                finished[sequence] = scores[sequence]
+            else:
+                sum_logprobs[len(next_tokens)] = scores[sequence]
+                next_tokens.append(sequence)
+                source_indices.append(sources[sequence])
+                if len(next_tokens) == self.beam_size:
+                    break
+        for sequence in sorted(finished, key=finished.get, reverse=True):
+            if len(self.finished) >= self.max_candidates:
+                break  # the candidate list is full
+            self.finished[sequence] = finished[sequence]
+        completed = len(self.finished) >= self.max_candidates
+        return np.array(next_tokens, dtype=np.int64), source_indices, completed
+
+    def finalize(self, tokens: np.ndarray, sum_logprobs: np.ndarray):
+        """The finished candidates, topped up with the best unfinished beams when fewer than beam_size finished."""
+        sequences = dict(self.finished)
+        if len(sequences) < self.beam_size:
+            for j in list(np.argsort(sum_logprobs))[::-1]:
+                sequences[tuple(tokens[j].tolist() + [self.eot])] = float(sum_logprobs[j])
+                if len(sequences) >= self.beam_size:
+                    break
+        return [list(s) for s in sequences], list(sequences.values())
+
+
+def rank_candidates(tokens: list[list[int]], sum_logprobs: list[float], length_penalty: float | None) -> int:
+    """openai's MaximumLikelihoodRanker: the index of the candidate with the best length-normalized log-prob
+    (divided by the length, or by the Google NMT penalty ((5 + length) / 6) ** length_penalty)."""
+    scores = []
+    for logprob, t in zip(sum_logprobs, tokens):
+        length = len(t)
+        penalty = length if length_penalty is None else ((5 + length) / 6) ** length_penalty
+        scores.append(logprob / penalty)
+    return int(np.argmax(scores))
+
+
+def decode_group(model, tokenizer: Tokenizer, audio, initial: list[int], sample_begin: int, sot_index: int,
+                 filters: list, options: DecodingOptions, language: str | None, n_text_ctx: int, sample_len: int,
+                 rng: np.random.Generator | None) -> DecodingResult:
+    """openai's DecodingTask with a group of ``beam_size`` beams or ``best_of`` samples decoded as one batch.
+
+    The prompt is decoded once at batch 1 and its KV cache repeated to the group (the same numbers as openai's
+    decoding the prompt on every row); each beam-search step reorders the cache by the beams it kept
+    (``model.reorder_cache``), and the window's cross-attention K/V is repeated once (``model.repeat_audio``)."""
+    n = int(options.beam_size or options.best_of)
+    temperature = float(options.temperature)
+    eot = tokenizer.eot
+    beam = BeamSearchDecoder(n, eot, options.patience) if options.beam_size else None
+    logits_all, cache = model.decode(np.array([initial], dtype=np.int64), audio, None)
+    no_speech_prob = float(np.exp(_log_softmax(logits_all[:, sot_index]))[0, tokenizer.no_speech])
+    audio_n = model.repeat_audio(audio, n)
+    cache = model.reorder_cache(cache, [0] * n)
+    logits_last = np.repeat(np.asarray(logits_all[:, -1], dtype=np.float32), n, axis=0)
+    tokens = np.array([initial] * n, dtype=np.int64)
+    sum_logprobs = np.zeros(n, dtype=np.float64)
+    for i in range(sample_len):
+        if i > 0:
+            logits_all, cache = model.decode(tokens[:, -1:], audio_n, cache)
+            logits_last = np.array(logits_all[:, -1], dtype=np.float32)  # a copy: filters write into it
+        logits = logits_last
+        for f in filters:
+            f.apply(logits, tokens)
+        if beam is not None:
+            tokens, sources, completed = beam.update(tokens, logits, sum_logprobs)
+            if sources != list(range(n)):
+                cache = model.reorder_cache(cache, sources)
+        else:  # openai's GreedyDecoder at temperature > 0: every row samples; a finished row keeps <|endoftext|>
+            if temperature == 0:
+                next_tokens = logits.argmax(axis=-1)
+            else:
+                next_tokens = np.array([_sample(logits[k], temperature, rng) for k in range(n)], dtype=np.int64)
+            logprobs = _log_softmax(logits)
+            done = tokens[:, -1] == eot
+            sum_logprobs += np.where(done, 0.0, logprobs[np.arange(n), next_tokens])
+            next_tokens[done] = eot
+            tokens = np.concatenate([tokens, next_tokens[:, None]], axis=1)
+            completed = bool((tokens[:, -1] == eot).all())
+        if completed or tokens.shape[1] > n_text_ctx:
+            break
+    if beam is not None:
+        candidates, scores = beam.finalize(tokens, sum_logprobs)
+    else:
+        candidates = [row + [eot] for row in tokens.tolist()]
+        scores = sum_logprobs.tolist()
+    sampled = []
+    for seq in candidates:  # between the first sampled token and the first <|endoftext|>
+        tail = seq[sample_begin:]
+        sampled.append(tail[:tail.index(eot)] if eot in tail else tail)
+    best = rank_candidates(sampled, scores, options.length_penalty)
+    toks, sum_logprob = sampled[best], scores[best]
+    text = tokenizer.decode(toks).strip()
+    return DecodingResult(tokens=toks, text=text, sum_logprob=sum_logprob, avg_logprob=sum_logprob / (len(toks) + 1),
+                          no_speech_prob=no_speech_prob, language=language, temperature=temperature,
+                          compression_ratio=compression_ratio(text))
+
+
 def decode_window(model, tokenizer: Tokenizer, mel_window: np.ndarray, options: DecodingOptions,
                   suppress: list[int], prompt: list[int] | None = None, n_text_ctx: int = 448,
-                  n_audio_ctx: int = 1500, rng: np.random.Generator | None = None) -> DecodingResult:
-    """Decoding of one 30 s mel window (n_mels, 3000): greedy at options.temperature 0, else sampled with rng."""
+                  n_audio_ctx: int = 1500, rng: np.random.Generator | None = None,
+                  audio=None) -> DecodingResult:
+    """Decoding of one 30 s mel window (n_mels, 3000): greedy at options.temperature 0, else sampled with rng;
+    beam search with options.beam_size, the best of options.best_of samples at temperature > 0.
+    ``audio``: the window's ``model.encode`` output when the caller already has it."""
     temperature = float(options.temperature)
+    _verify_group_options(options)
     if temperature > 0 and rng is None:
         rng = np.random.default_rng(0)
-    audio = model.encode(mel_window[None].astype(np.float32))
+    if audio is None:
+        audio = model.encode(mel_window[None].astype(np.float32))
     language = options.language
     if tokenizer.languages and language is None:
         language = detect_language(model, tokenizer, audio)
@@ -175,6 +326,10 @@ def decode_window(model, tokenizer: Tokenizer, mel_window: np.ndarray, options: 
         if options.max_initial_timestamp:
             max_idx = int(round(options.max_initial_timestamp / precision))
         filters.append(ApplyTimestampRules(tokenizer, sample_begin, max_idx))
+
+    if (options.beam_size or options.best_of or 1) > 1:  # beam search, or best-of-n sampling
+        return decode_group(model, tokenizer, audio, initial, sample_begin, sot_index, filters, options, language,
+                            n_text_ctx, sample_len, rng)
 
     tokens = np.array([initial], dtype=np.int64)
     feed = tokens
@@ -220,13 +375,17 @@ class Segment:
     avg_logprob: float = float("nan")
     compression_ratio: float = float("nan")
     no_speech_prob: float = float("nan")
+    words: list[dict] | None = None  # with word_timestamps: {word, start, end, probability} per word
 
     def to_dict(self) -> dict:
-        """openai's segment dict (keys in its order)."""
-        return {"id": self.id, "seek": self.seek, "start": self.start, "end": self.end, "text": self.text,
-                "tokens": [int(t) for t in self.tokens], "temperature": self.temperature,
-                "avg_logprob": self.avg_logprob, "compression_ratio": self.compression_ratio,
-                "no_speech_prob": self.no_speech_prob}
+        """openai's segment dict (keys in its order; "words" only with word timestamps)."""
+        d = {"id": self.id, "seek": self.seek, "start": self.start, "end": self.end, "text": self.text,
+             "tokens": [int(t) for t in self.tokens], "temperature": self.temperature,
+             "avg_logprob": self.avg_logprob, "compression_ratio": self.compression_ratio,
+             "no_speech_prob": self.no_speech_prob}
+        if self.words is not None:
+            d["words"] = [dict(w) for w in self.words]
+        return d
 
 
 TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -263,7 +422,9 @@ def transcribe(model, tokenizer: Tokenizer, mel: np.ndarray, options: DecodingOp
                temperature: float | tuple[float, ...] = TEMPERATURES,
                compression_ratio_threshold: float | None = 2.4, logprob_threshold: float | None = -1.0,
                no_speech_threshold: float | None = 0.6, seed: int | None = 0,
-               silence_mel_threshold: float | None = SILENCE_MEL_THRESHOLD) -> dict:
+               silence_mel_threshold: float | None = SILENCE_MEL_THRESHOLD, word_timestamps: bool = False,
+               prepend_punctuations: str = timing.PREPEND_PUNCTUATIONS,
+               append_punctuations: str = timing.APPEND_PUNCTUATIONS) -> dict:
     """openai's sequential 30 s window loop over a whole-file mel (n_mels, frames incl. 30 s of padding).
 
     Segments are cut at timestamp pairs and the window advances to the last timestamp, with the previous windows'
@@ -274,6 +435,9 @@ def transcribe(model, tokenizer: Tokenizer, mel: np.ndarray, options: DecodingOp
     One addition to openai: a window whose audio is silent in the log-mel (see ``is_silent``) is skipped without
     decoding — openai decodes it and tiny.en then invents a word ("you") on 30 s of silence, because its
     no-speech test needs a low log-prob too. ``silence_mel_threshold=None`` turns this off (exactly openai).
+
+    ``word_timestamps``: each segment gets ``words`` from the alignment heads' cross-attention and DTW
+    (``timing.add_word_timestamps``), and the window advances to the last word's end, as openai's transcribe does.
     """
     temperatures = [float(temperature)] if isinstance(temperature, (int, float)) else [float(t) for t in temperature]
     if not temperatures:
@@ -284,6 +448,7 @@ def transcribe(model, tokenizer: Tokenizer, mel: np.ndarray, options: DecodingOp
     precision = input_stride * HOP_LENGTH / SAMPLE_RATE
     tb = tokenizer.timestamp_begin
     seek, all_tokens, prompt_reset_since = 0, [], 0
+    last_speech_timestamp = 0.0
     segments: list[Segment] = []
     windows: list[DecodingResult] = []
     while seek < content_frames:
@@ -298,9 +463,15 @@ def transcribe(model, tokenizer: Tokenizer, mel: np.ndarray, options: DecodingOp
             seek += segment_size
             continue
         prompt = all_tokens[prompt_reset_since:]
+        # word timestamps need the window's cross K/V after decoding: encode once and share it with every attempt
+        audio = model.encode(window[None].astype(np.float32)) if word_timestamps else None
         for t in temperatures:  # decode_with_fallback
-            result = decode_window(model, tokenizer, window, replace(options, temperature=t), suppress,
-                                   prompt=prompt, n_text_ctx=n_text_ctx, n_audio_ctx=n_audio_ctx, rng=rng)
+            # openai's decode_with_fallback: beams (and patience) only at temperature 0, best_of only above it
+            attempt = (replace(options, temperature=t, beam_size=None, patience=None) if t > 0
+                       else replace(options, temperature=t, best_of=None))
+            result = decode_window(model, tokenizer, window, attempt, suppress,
+                                   prompt=prompt, n_text_ctx=n_text_ctx, n_audio_ctx=n_audio_ctx, rng=rng,
+                                   audio=audio)
             if options.language is None and result.language is not None:
                 options = replace(options, language=result.language)
             if not needs_fallback(result, compression_ratio_threshold, logprob_threshold, no_speech_threshold):
@@ -340,12 +511,29 @@ def transcribe(model, tokenizer: Tokenizer, mel: np.ndarray, options: DecodingOp
             current.append(Segment(start=time_offset, end=time_offset + duration, text=tokenizer.decode(toks),
                                    tokens=toks.tolist()))
             seek += segment_size
+        if word_timestamps:
+            timing.add_word_timestamps(
+                segments=current, model=model, tokenizer=tokenizer, audio=audio, num_frames=segment_size,
+                time_offset=time_offset, language=result.language or options.language,
+                sot_sequence=sot_sequence(tokenizer, result.language or options.language, options.task, False),
+                prepend_punctuations=prepend_punctuations, append_punctuations=append_punctuations,
+                last_speech_timestamp=last_speech_timestamp)
+            if not single_timestamp_ending:
+                last_word_end = timing.get_end(current)
+                if last_word_end is not None and last_word_end > time_offset:
+                    seek = round(last_word_end * SAMPLE_RATE / HOP_LENGTH)  # FRAMES_PER_SECOND
+            last_word_end = timing.get_end(current)
+            if last_word_end is not None:
+                last_speech_timestamp = last_word_end
+        audio = None
         for s in current:
             s.id, s.seek = len(segments), previous_seek
             s.temperature, s.avg_logprob = result.temperature, result.avg_logprob
             s.compression_ratio, s.no_speech_prob = result.compression_ratio, result.no_speech_prob
             if s.start == s.end or not s.text.strip():  # instantaneous or empty segments carry no text
                 s.text, s.tokens = "", []
+                if s.words is not None:
+                    s.words = []
             segments.append(s)
         all_tokens.extend(t for s in current for t in s.tokens)
         if not condition_on_previous_text or result.temperature > 0.5:
