@@ -112,8 +112,9 @@ def inspect(artifact: Path, as_json: bool, check: bool) -> None:
 @main.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--checkpoint", default=None, help="the source checkpoint (default: the one named in the manifest)")
-@click.option("--reference", type=click.Choice(["numpy"]), default="numpy", show_default=True,
-              help="reference implementation (numpy float64)")
+@click.option("--reference", type=click.Choice(["numpy", "transformers"]), default="numpy", show_default=True,
+              help="reference implementation: numpy float64, or transformers' WhisperForConditionalGeneration "
+                   "(float64, built from the same checkpoint; needs transformers and torch)")
 @click.option("--audio", "audio", multiple=True, type=click.Path(path_type=Path), help="an audio file (repeatable)")
 @click.option("--manifest", "manifest_path", type=click.Path(path_type=Path), default=None,
               help="a manifest.jsonl of clips with reference texts (WER is computed over them)")
@@ -141,7 +142,7 @@ def verify(artifact: Path, checkpoint: str | None, reference: str, audio: tuple[
         clips += clips_from_manifest(manifest_path, english_only=not ck.multilingual, limit=limit)
     click.echo(f"verifying {artifact} ({m['precision']['name']}) against the {reference} reference on "
                f"{len(clips)} clips")
-    report = run_verify(artifact, ck, clips, log=click.echo)
+    report = run_verify(artifact, ck, clips, log=click.echo, reference=reference)
     write_report(artifact, report)
     w = report["worst"]
     click.echo(f"worst: mel {w['mel']:.1e} abs, encoder {w['encoder']:.1e} rel, cross K/V {w['cross_kv']:.1e} rel, "

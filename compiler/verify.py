@@ -68,7 +68,7 @@ def wer(refs: list[str], hyps: list[str]) -> float:
     return float(jiwer.wer([r for r, _ in pairs], [h for _, h in pairs]))
 
 
-def verify_clip(runtime, ref: NumpyWhisper, clip: Clip, language: str | None) -> dict:
+def verify_clip(runtime, ref, clip: Clip, language: str | None) -> dict:
     """All stages on the first 30 s window of one clip, then the whole clip transcribed by both."""
     d = ref.dims
     audio = load_audio(clip.path)
@@ -99,13 +99,27 @@ def verify_clip(runtime, ref: NumpyWhisper, clip: Clip, language: str | None) ->
             "text": clip.text, "language": clip.language}
 
 
-def run_verify(artifact: Path, ck: Checkpoint, clips: list[Clip], log=print) -> dict:
+def make_reference(name: str, ck: Checkpoint):
+    """numpy (float64, always there) or transformers (float64 WhisperForConditionalGeneration, when installed)."""
+    if name == "numpy":
+        return NumpyWhisper(ck)
+    if name == "transformers":
+        from .reference_hf import TransformersWhisper
+
+        return TransformersWhisper(ck)
+    raise MwcError(f"unknown reference {name!r}; choose numpy or transformers")
+
+
+REFERENCE_NAMES = {"numpy": "numpy float64", "transformers": "transformers WhisperForConditionalGeneration float64"}
+
+
+def run_verify(artifact: Path, ck: Checkpoint, clips: list[Clip], log=print, reference: str = "numpy") -> dict:
     from .runtime.model import Whisper
 
     runtime = Whisper(artifact)
     precision = runtime.manifest["precision"]["name"]
     tol = tolerances(runtime.manifest)
-    ref = NumpyWhisper(ck)
+    ref = make_reference(reference, ck)
     rows, failed_files = [], []
     for clip in clips:
         try:
@@ -132,7 +146,7 @@ def run_verify(artifact: Path, ck: Checkpoint, clips: list[Clip], log=print) -> 
               "decoder_logits": worst["decoder_logits"] <= tol["logits_rel"]}
     if precision == "fp32":
         checks["greedy_tokens"] = agree == len(rows)
-    report = {"reference": "numpy float64", "precision": precision, "tolerances": tol, "clips": rows,
+    report = {"reference": REFERENCE_NAMES[reference], "precision": precision, "tolerances": tol, "clips": rows,
               "worst": worst, "token_agreement": agree / len(rows), "wer": wer(refs, hyps),
               "reference_wer": wer(refs, ref_hyps), "unreadable": failed_files, "checks": checks,
               "passed": all(checks.values())}
