@@ -249,5 +249,50 @@ def transcribe(artifact: Path, audio: tuple[Path, ...], language: str | None, wi
         sys.exit(1)
 
 
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.argument("audio", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-w", "--workload", "workloads", multiple=True, type=click.Choice(["MEL", "LF", "TP", "COLD", "W30"],
+              case_sensitive=False), help="workload(s) to run (default: MEL, LF, W30); see compiler/bench.py")
+@click.option("--batch", type=int, default=1, show_default=True, help="W30: copies of the window decoded at once")
+@click.option("--tokens", "n_tokens", type=int, default=100, show_default=True, help="W30: greedy tokens per row")
+@click.option("--repeat", type=int, default=3, show_default=True, help="timed runs after one warm-up; best counts")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object per workload")
+def bench(artifact: Path, audio: tuple[Path, ...], workloads: tuple[str, ...], batch: int, n_tokens: int,
+          repeat: int, as_json: bool) -> None:
+    """Time ARTIFACT on AUDIO: log-mel of a 30 s window (MEL), long-form transcription (LF: the first file; TP: all
+    files), load + first transcript (COLD), and one window with N greedy tokens (W30). The peer comparison with
+    faster-whisper, openai-whisper and transformers is tests/bench_peers.py."""
+    from .bench import run_mwc
+    from .runtime.audio import AudioError
+    from .runtime.model import ArtifactError
+
+    rows = []
+    for w in [w.upper() for w in workloads] or ["MEL", "LF", "W30"]:
+        files = list(audio) if w == "TP" else [audio[0]]
+        try:
+            r = run_mwc(artifact, w, files, batch=batch, n_tokens=n_tokens, repeat=repeat)
+        except (ArtifactError, AudioError) as e:
+            raise MwcError(str(e)) from e
+        rows.append(r)
+        if as_json:
+            click.echo(json.dumps(r))
+    if as_json:
+        return
+    click.echo(f"{'workload':8s} {'seconds':>10s}  detail")
+    for r in rows:
+        d = r["detail"]
+        if r["workload"] == "MEL":
+            info = f"30 s window: {d['mel_ms_device']:.3f} ms on the device, {d['mel_ms_host']:.3f} ms host to host"
+        elif r["workload"] == "W30":
+            info = (f"batch {d['batch']}: mel {d['mel_ms']:.2f} ms, encoder {d['encoder_ms']:.2f} ms, prefill "
+                    f"{d['prefill_ms']:.2f} ms, {d['step_ms']:.3f} ms per step × {d['n_tokens']}")
+        elif r["workload"] == "COLD":
+            info = f"load {d['load_s']:.3f} s, then {d['audio_seconds']:.1f} s of audio"
+        else:
+            info = f"{d['audio_seconds']:.1f} s of audio, RTF {d['rtf']:.2e}"
+        click.echo(f"{r['workload']:8s} {r['seconds']:10.4f}  {info}")
+
+
 if __name__ == "__main__":
     main()

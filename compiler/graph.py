@@ -4,10 +4,14 @@ One ``Module`` holds three graphs that compile into one .mef:
   ``mel``      audio (samples,) → log-mel (n_mels, samples // 160)             [Mojo op ``mwc_log_mel``]
   ``encoder``  mel (batch, n_mels, frames) → audio features (batch, frames/2, d), and every decoder layer's
                cross-attention K and V (layers, batch, heads, frames/2, 64), computed once per window
-  ``decoder``  tokens (batch, t) + self-attention cache (layers, batch, heads, past, 64) + cross K/V
-               → logits (batch, t, vocab) and the cache grown to past + t
+  ``decoder``  tokens (batch, t) + self-attention cache (layers, batch, heads, past, 64) + cross K/V + pick rules
+               → logits (batch, t, vocab), the cache grown to past + t, and the greedy pick (see ``pick``)
 One decoder graph serves the prompt (t tokens, past 0) and each step (t = 1): the cache is a graph input and
 output whose ``past`` dim is symbolic (design A of the KV-cache notes: verified exact on CPU).
+The decoder also picks the greedy token itself (``pick``): the logit rules arrive as a static suppress bias (V,)
+and a few integers per row (see ``PICK_RULES``), so a greedy step returns the next token ids (fed straight back
+as the next ``tokens``), their log-probs and the no-speech log-prob; the (batch, t, vocab) logits stay an output
+for sampling, beam search and parity, but a greedy loop never copies them to the host.
 Attention runs as the Mojo op ``mwc_attention`` ("mojo", the default) or, where it is not causal, as MAX's own
 matmul/softmax ("max"); causal attention is always the Mojo op (see ``attention``).
 """
@@ -17,12 +21,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from max.dtype import DType
-from max.graph import DeviceRef, Graph, Module, TensorType, TensorValue, Weight, ops
+from max.graph import BufferType, DeviceRef, Graph, Module, TensorType, TensorValue, Weight, ops
 
 from .checkpoint import ModelDimensions
 from .precision import PrecisionPlan
 
 ATTENTION_IMPLS = ("mojo", "max")
+# columns of the decoder's ``rules`` input (batch, 12) int64: four token-id intervals [lo, hi) masked to -inf, then
+# 1 to apply openai's "timestamps likelier than any text token" rule, the row of the prompt holding
+# <|startoftranscript|> (for the no-speech probability), the <|nospeech|> id and the first timestamp id
+PICK_RULES = 12
+NEG = -1e30  # "-inf" for masked logits: finite, so a fully masked range still has a defined log-sum-exp
 
 
 def _dtype(name: str) -> DType:
@@ -124,6 +133,42 @@ class WhisperGraphs:
         out = self.linear(self.merge(self.attention(q, k, v, causal=cache is not None)), p + ".attn.out", n, n)
         return out, (k, v)
 
+    def pick(self, logits: TensorValue, bias: TensorValue, rules: TensorValue):
+        """The greedy choice on the last position: openai's logit filters (decoding.py) as masks, then argmax.
+
+        Returns the next ids (B, 1) int64, their log-probs (B, 1) and log p(<|nospeech|>) at the SOT row (B, 1).
+        """
+        v = self.dims.n_vocab
+        i64, f32 = DType.int64, DType.float32
+        t_end = ops.shape_to_tensor([logits.shape[1]]).reshape([])
+        last = ops.squeeze(ops.slice_tensor(logits, [slice(None), (slice(t_end - 1, t_end), 1), slice(None)]), 1)
+        col = [ops.slice_tensor(rules, [slice(None), slice(k, k + 1)]) for k in range(PICK_RULES)]  # (B, 1) each
+        iota = ops.unsqueeze(ops.range(0, v, 1, out_dim=v, dtype=i64, device=self.device), 0)  # (1, V)
+        neg = ops.constant(NEG, f32, self.device)
+        mask = None
+        for k in range(4):
+            m = (iota >= col[2 * k]) & (iota < col[2 * k + 1])
+            mask = m if mask is None else mask | m
+        z = ops.where(mask, neg, last + ops.unsqueeze(bias, 0))
+
+        def lse(x, mx):
+            return mx + ops.log(ops.sum(ops.exp(x - mx), axis=-1))
+
+        is_ts = iota >= col[11]
+        ts_z = ops.where(is_ts, z, neg)
+        ts_lse = lse(ts_z, ops.max(ts_z, axis=-1))
+        text_max = ops.max(ops.where(is_ts, neg, z), axis=-1)
+        take_ts = (col[8] > 0) & (ts_lse > text_max)  # the timestamps together beat every text token
+        z = ops.where(take_ts & ~is_ts, neg, z)
+        top = ops.max(z, axis=-1)
+        token = ops.argmax(z, axis=-1)  # (B, 1)
+        logprob = top - lse(z, top)
+        sot = ops.reshape(ops.slice_tensor(rules, [slice(0, 1), slice(9, 10)]), [1])
+        row = ops.squeeze(ops.gather(logits, sot, axis=1), 1)  # (B, V) at the SOT position
+        nid = ops.reshape(ops.slice_tensor(rules, [slice(0, 1), slice(10, 11)]), [1])
+        nospeech = ops.gather(row, nid, axis=1) - lse(row, ops.max(row, axis=-1))
+        return token, logprob, nospeech
+
     # --- the three graphs ----------------------------------------------------------------------------------------
     def build_mel(self, module: Module, ops_dir: Path) -> None:
         d = self.dims
@@ -162,41 +207,91 @@ class WhisperGraphs:
             kv = _dtype(self.plan.kv_cache)
             g.output(self.cast(xa, DType.float32), self.cast(ops.stack(ks), kv), self.cast(ops.stack(vs), kv))
 
+    def decoder_body(self, tokens: TensorValue, positions: TensorValue, cross_k: TensorValue, cross_v: TensorValue,
+                     self_attn) -> TensorValue:
+        """openai's TextDecoder up to the logits: token + positional embedding, the blocks (self-attention through
+        ``self_attn(layer, h)``, cross-attention, MLP), ln, tied vocabulary projection → fp32 logits."""
+        d, n = self.dims, self.dims.n_text_state
+        emb = self.w("decoder.token_embedding.weight", (d.n_vocab, n))
+        pos = self.w("decoder.positional_embedding", (d.n_text_ctx, n))
+        x = self.cast(ops.gather(emb, tokens, axis=0), self.res)
+        x = x + self.cast(ops.gather(pos, positions, axis=0), self.res)
+        for i in range(d.n_text_layer):  # ResidualAttentionBlock with cross-attention
+            p = f"decoder.blocks.{i}"
+            x = x + self.cast(self_attn(i, self.layer_norm(x, p + ".attn_ln", n)), self.res)
+            h = self.layer_norm(x, p + ".cross_attn_ln", n)
+            q = self.heads(self.linear(h, p + ".cross_attn.query", n, n), d.n_text_head)
+            x = x + self.cast(self.linear(self.merge(self.attention(q, self.cast(cross_k[i], self.act),
+                                                                      self.cast(cross_v[i], self.act))),
+                                          p + ".cross_attn.out", n, n), self.res)
+            x = x + self.cast(self.mlp(self.layer_norm(x, p + ".mlp_ln", n), p, n), self.res)
+        x = self.layer_norm(x, "decoder.ln", n)
+        lg = _dtype(self.plan.logits)
+        return self.cast(self.cast(x, lg) @ self.cast(emb, lg).T, DType.float32)  # tied to the embedding
+
     def build_decoder(self, module: Module, ops_dir: Path) -> None:
         d, n = self.dims, self.dims.n_text_state
         dh = n // d.n_text_head
         kv = _dtype(self.plan.kv_cache)
         cache_t = TensorType(kv, [d.n_text_layer, "batch", d.n_text_head, "past", dh], self.device)
         cross_t = TensorType(kv, [d.n_text_layer, "batch", d.n_text_head, "n_audio", dh], self.device)
-        types = [TensorType(DType.int64, ["batch", "t"], self.device), cache_t, cache_t, cross_t, cross_t]
+        types = [TensorType(DType.int64, ["batch", "t"], self.device), cache_t, cache_t, cross_t, cross_t,
+                 TensorType(DType.float32, [d.n_vocab], self.device),
+                 TensorType(DType.int64, ["batch", PICK_RULES], self.device)]
         with Graph("decoder", input_types=types, module=module, custom_extensions=self.extensions(ops_dir, causal=True)) as g:
             self.graph = g
-            tokens, k_cache, v_cache, cross_k, cross_v = (v.tensor for v in g.inputs)
+            tokens, k_cache, v_cache, cross_k, cross_v, bias, rules = (v.tensor for v in g.inputs)
             t, past = tokens.shape[1], k_cache.shape[3]
-            emb = self.w("decoder.token_embedding.weight", (d.n_vocab, n))
-            pos = self.w("decoder.positional_embedding", (d.n_text_ctx, n))
             p0 = ops.shape_to_tensor([past]).reshape([])
-            x = self.cast(ops.gather(emb, tokens, axis=0), self.res)
-            x = x + self.cast(ops.slice_tensor(pos, [(slice(p0, p0 + ops.shape_to_tensor([t]).reshape([])), t)]),
-                              self.res)
+            positions = ops.range(p0, p0 + ops.shape_to_tensor([t]).reshape([]), 1, out_dim=t, dtype=DType.int64,
+                                  device=self.device)
             new_k, new_v = [], []
-            for i in range(d.n_text_layer):  # ResidualAttentionBlock with cross-attention
-                p = f"decoder.blocks.{i}"
-                a, (k, v) = self.self_attention(self.layer_norm(x, p + ".attn_ln", n), p, n, d.n_text_head,
+
+            def self_attn(i, h):
+                a, (k, v) = self.self_attention(h, f"decoder.blocks.{i}", n, d.n_text_head,
                                                 cache=(k_cache[i], v_cache[i]))
-                x = x + self.cast(a, self.res)
                 new_k.append(self.cast(k, kv))
                 new_v.append(self.cast(v, kv))
-                h = self.layer_norm(x, p + ".cross_attn_ln", n)
-                q = self.heads(self.linear(h, p + ".cross_attn.query", n, n), d.n_text_head)
-                x = x + self.cast(self.linear(self.merge(self.attention(q, self.cast(cross_k[i], self.act),
-                                                                          self.cast(cross_v[i], self.act))),
-                                              p + ".cross_attn.out", n, n), self.res)
-                x = x + self.cast(self.mlp(self.layer_norm(x, p + ".mlp_ln", n), p, n), self.res)
-            x = self.layer_norm(x, "decoder.ln", n)
-            lg = _dtype(self.plan.logits)
-            logits = self.cast(self.cast(x, lg) @ self.cast(emb, lg).T, DType.float32)  # tied to the embedding
-            g.output(logits, ops.stack(new_k), ops.stack(new_v))
+                return a
+
+            logits = self.decoder_body(tokens, positions, cross_k, cross_v, self_attn)
+            g.output(logits, ops.stack(new_k), ops.stack(new_v), *self.pick(logits, bias, rules))
+
+    def build_step(self, module: Module, ops_dir: Path) -> None:
+        """``step``: the greedy decoder over a fixed-size KV cache updated in place (design B of the KV-cache notes,
+        with the Mojo op ``mwc_cached_attention`` instead of MAX's masked softmax, which miscompiles).
+
+        Inputs tokens (batch, t), pos (1,) (tokens already cached), cross K/V, bias, rules, then the K and V cache
+        buffers (layers, batch, heads, n_text_ctx, 64). Outputs the greedy pick only. Every shape is fixed at t = 1
+        and the position lives on the device, so a GPU runtime can capture one step as a device graph and replay it.
+        """
+        d, n = self.dims, self.dims.n_text_state
+        dh = n // d.n_text_head
+        kv = _dtype(self.plan.kv_cache)
+        cache_t = BufferType(kv, [d.n_text_layer, "batch", d.n_text_head, d.n_text_ctx, dh], self.device)
+        cross_t = TensorType(kv, [d.n_text_layer, "batch", d.n_text_head, "n_audio", dh], self.device)
+        types = [TensorType(DType.int64, ["batch", "t"], self.device), TensorType(DType.int64, [1], self.device),
+                 cross_t, cross_t, TensorType(DType.float32, [d.n_vocab], self.device),
+                 TensorType(DType.int64, ["batch", PICK_RULES], self.device), cache_t, cache_t]
+        with Graph("step", input_types=types, module=module, custom_extensions=[ops_dir]) as g:
+            self.graph = g
+            tokens, pos, cross_k, cross_v, bias, rules = (v.tensor for v in g.inputs[:6])
+            k_buf, v_buf = g.inputs[6].buffer, g.inputs[7].buffer
+            t = tokens.shape[1]
+            positions = pos + ops.range(0, ops.shape_to_tensor([t]).reshape([]), 1, out_dim=t, dtype=DType.int64,
+                                        device=self.device)
+
+            def self_attn(i, h):
+                p = f"decoder.blocks.{i}"
+                q, k, v = ops.split(self.linear(h, p + ".attn.qkv", 3 * n, n), [n, n, n], axis=-1)
+                q, k, v = (self.cast(self.heads(z, d.n_text_head), kv) for z in (q, k, v))
+                a = ops.inplace_custom("mwc_cached_attention", self.device, [k_buf, v_buf, q, k, v, pos],
+                                       out_types=[TensorType(kv, q.shape, self.device)],
+                                       parameters={"layer": i})[0].tensor
+                return self.linear(self.merge(self.cast(a, self.act)), p + ".attn.out", n, n)
+
+            logits = self.decoder_body(tokens, positions, cross_k, cross_v, self_attn)
+            g.output(*self.pick(logits, bias, rules))
 
 
 def build_module(dims: ModelDimensions, plan: PrecisionPlan, device: DeviceRef, ops_dir: Path,

@@ -29,6 +29,7 @@
 
 import extensibility
 from extensibility import InputTensor, OutputTensor
+from extensibility.managed_tensor_slice import _MutableInputTensor as MutableInputTensor
 from max.gpu.host import DeviceContext
 from std.math import exp, sqrt
 from std.memory import Pointer, stack_allocation
@@ -471,12 +472,13 @@ comptime GNC = GPU_MAX_D // 32  # output columns per lane
 
 
 def _attn_gpu_kernel[
-    dtype: DType, causal: Bool
+    dtype: DType, causal: Bool, dyn: Bool
 ](
     qp: Pointer[Scalar[dtype], MutAnyOrigin],
     kp: Pointer[Scalar[dtype], MutAnyOrigin],
     vp: Pointer[Scalar[dtype], MutAnyOrigin],
     op: Pointer[Scalar[dtype], MutAnyOrigin],
+    posp: Pointer[Int64, MutAnyOrigin],  # dyn: Tk = posp[0] + Tq (a KV cache filled up to pos)
     H: Int32,
     Tq: Int32,
     Tk: Int32,
@@ -504,6 +506,8 @@ def _attn_gpu_kernel[
     var d_ = Int(D)
     var tq = Int(Tq)
     var tk = Int(Tk)
+    comptime if dyn:
+        tk = Int(posp[unsafe_offset=0]) + tq
     var off = tk - tq
     var q0 = blk * GQ
     var qi = q0 + w  # this warp's query row
@@ -585,12 +589,13 @@ def _attn_gpu_kernel[
 
 
 def attention_gpu[
-    dtype: DType, causal: Bool
+    dtype: DType, causal: Bool, dyn: Bool = False
 ](
     qp: Pointer[Scalar[dtype], MutAnyOrigin],
     kp: Pointer[Scalar[dtype], MutAnyOrigin],
     vp: Pointer[Scalar[dtype], MutAnyOrigin],
     op: Pointer[Scalar[dtype], MutAnyOrigin],
+    posp: Pointer[Int64, MutAnyOrigin],
     B: Int,
     H: Int,
     Tq: Int,
@@ -608,8 +613,8 @@ def attention_gpu[
         raise Error("mwc_attention: GPU path supports head dim <= 128")
     var scale = Float32(1) / sqrt(Float32(D))
     var nblk = (Tq + GQ - 1) // GQ
-    ctx.enqueue_function[_attn_gpu_kernel[dtype, causal]](
-        qp, kp, vp, op, Int32(H), Int32(Tq), Int32(Tk), Int32(D), Int32(nblk),
+    ctx.enqueue_function[_attn_gpu_kernel[dtype, causal, dyn]](
+        qp, kp, vp, op, posp, Int32(H), Int32(Tq), Int32(Tk), Int32(D), Int32(nblk),
         Int64(qs[0]), Int64(qs[1]), Int64(qs[2]),
         Int64(ks[0]), Int64(ks[1]), Int64(ks[2]),
         Int64(vs[0]), Int64(vs[1]), Int64(vs[2]),
@@ -692,5 +697,141 @@ struct MwcAttention:
             )
         else:
             attention_gpu[dtype, causal](
-                qp, kp, vp, op, B, H, Tq, Tk, D, qs, ks, vs, os, ctx,
+                qp, kp, vp, op, rebind[Pointer[Int64, MutAnyOrigin]](qp),
+                B, H, Tq, Tk, D, qs, ks, vs, os, ctx,
+            )
+
+
+# --------------------------------------------------------------------------- #
+# mwc_cached_attention: decoder self-attention over a fixed-size KV cache that
+# the op updates in place (for device-graph capture: shapes never change and
+# the position lives on the device).
+#
+#   kc, vc (L, B, H, CTX, D) mutable; q, k, v (B, H, T, D) the new tokens;
+#   pos (1,) int64: tokens already cached. Writes k, v into slots pos..pos+T-1
+#   of layer `layer`, then out = causal attention of q over slots 0..pos+T-1.
+# --------------------------------------------------------------------------- #
+
+
+def _kv_write_gpu_kernel[
+    dtype: DType
+](
+    dst: Pointer[Scalar[dtype], MutAnyOrigin],
+    src: Pointer[Scalar[dtype], MutAnyOrigin],
+    posp: Pointer[Int64, MutAnyOrigin],
+    H: Int32, T: Int32, D: Int32,
+    ds0: Int64, ds1: Int64, ds2: Int64,
+    ss0: Int64, ss1: Int64, ss2: Int64,
+    n: Int32,
+):
+    var e = Int(block_idx.x) * 256 + Int(thread_idx.x)
+    if e >= Int(n):
+        return
+    var d_ = Int(D)
+    var t_ = Int(T)
+    var h_ = Int(H)
+    var c = e % d_
+    var r = e // d_
+    var t = r % t_
+    var bh = r // t_
+    var h = bh % h_
+    var b = bh // h_
+    var slot = Int(posp[unsafe_offset=0]) + t
+    dst[unsafe_offset=b * Int(ds0) + h * Int(ds1) + slot * Int(ds2) + c] = src[
+        unsafe_offset=b * Int(ss0) + h * Int(ss1) + t * Int(ss2) + c
+    ]
+
+
+def _kv_write_cpu[
+    dtype: DType
+](
+    dst: Pointer[Scalar[dtype], MutAnyOrigin],
+    src: Pointer[Scalar[dtype], MutAnyOrigin],
+    pos: Int,
+    B: Int, H: Int, T: Int, D: Int,
+    ds: IndexList[3], ss: IndexList[3],
+):
+    for b in range(B):
+        for h in range(H):
+            for t in range(T):
+                var o = b * ds[0] + h * ds[1] + (pos + t) * ds[2]
+                var i = b * ss[0] + h * ss[1] + t * ss[2]
+                for c in range(D):
+                    dst[unsafe_offset=o + c] = src[unsafe_offset=i + c]
+
+
+@extensibility.register("mwc_cached_attention")
+struct MwcCachedAttention:
+    @staticmethod
+    def execute[
+        dtype: DType,
+        //,
+        layer: Int,
+        target: StaticString,
+    ](
+        out_t: OutputTensor[dtype=dtype, rank=4, ...],
+        kc: MutableInputTensor[dtype=dtype, rank=5, ...],
+        vc: MutableInputTensor[dtype=dtype, rank=5, ...],
+        q: InputTensor[dtype=dtype, rank=4, ...],
+        k: InputTensor[dtype=dtype, rank=4, ...],
+        v: InputTensor[dtype=dtype, rank=4, ...],
+        pos: InputTensor[dtype=DType.int64, rank=1, ...],
+        ctx: DeviceContext,
+    ) raises:
+        var B = q.dim_size(0)
+        var H = q.dim_size(1)
+        var T = q.dim_size(2)
+        var D = q.dim_size(3)
+        var CTX = kc.dim_size(3)
+        if (
+            kc.dim_size(1) != B or kc.dim_size(2) != H or kc.dim_size(4) != D
+            or vc.dim_size(1) != B or vc.dim_size(2) != H or vc.dim_size(3) != CTX
+            or k.dim_size(2) != T or v.dim_size(2) != T
+            or layer >= kc.dim_size(0)
+        ):
+            raise Error("mwc_cached_attention: shape mismatch between cache, q, k, v")
+        var cs = IndexList[3](kc.stride_length(1), kc.stride_length(2), kc.stride_length(3))
+        var vcs = IndexList[3](vc.stride_length(1), vc.stride_length(2), vc.stride_length(3))
+        var qs = IndexList[3](q.stride_length(0), q.stride_length(1), q.stride_length(2))
+        var ks = IndexList[3](k.stride_length(0), k.stride_length(1), k.stride_length(2))
+        var vs = IndexList[3](v.stride_length(0), v.stride_length(1), v.stride_length(2))
+        var os = IndexList[3](out_t.stride_length(0), out_t.stride_length(1), out_t.stride_length(2))
+        var kcp = rebind[Pointer[Scalar[dtype], MutAnyOrigin]](kc.unsafe_ptr()).unsafe_offset(
+            layer * kc.stride_length(0)
+        )
+        var vcp = rebind[Pointer[Scalar[dtype], MutAnyOrigin]](vc.unsafe_ptr()).unsafe_offset(
+            layer * vc.stride_length(0)
+        )
+        var qp = rebind[Pointer[Scalar[dtype], MutAnyOrigin]](q.unsafe_ptr())
+        var kp = rebind[Pointer[Scalar[dtype], MutAnyOrigin]](k.unsafe_ptr())
+        var vp = rebind[Pointer[Scalar[dtype], MutAnyOrigin]](v.unsafe_ptr())
+        var op = rebind[Pointer[Scalar[dtype], MutAnyOrigin]](out_t.unsafe_ptr())
+        var posp = rebind[Pointer[Int64, MutAnyOrigin]](pos.unsafe_ptr())
+        comptime if target == "cpu":
+            var p0 = Int(posp[unsafe_offset=0])
+            if p0 < 0 or p0 + T > CTX:
+                raise Error("mwc_cached_attention: position past the end of the KV cache")
+            _kv_write_cpu[dtype](kcp, kp, p0, B, H, T, D, cs, ks)
+            _kv_write_cpu[dtype](vcp, vp, p0, B, H, T, D, vcs, vs)
+            attention_cpu[dtype, True](
+                qp, kcp, vcp, op, B, H, T, p0 + T, D, qs, cs, vcs, os, ctx,
+            )
+        else:
+            var n = B * H * T * D
+            if n == 0:
+                return
+            ctx.enqueue_function[_kv_write_gpu_kernel[dtype]](
+                kcp, kp, posp, Int32(H), Int32(T), Int32(D),
+                Int64(cs[0]), Int64(cs[1]), Int64(cs[2]),
+                Int64(ks[0]), Int64(ks[1]), Int64(ks[2]), Int32(n),
+                grid_dim=(n + 255) // 256, block_dim=256,
+            )
+            ctx.enqueue_function[_kv_write_gpu_kernel[dtype]](
+                vcp, vp, posp, Int32(H), Int32(T), Int32(D),
+                Int64(vcs[0]), Int64(vcs[1]), Int64(vcs[2]),
+                Int64(vs[0]), Int64(vs[1]), Int64(vs[2]), Int32(n),
+                grid_dim=(n + 255) // 256, block_dim=256,
+            )
+            attention_gpu[dtype, True, True](
+                qp, kcp, vcp, op, posp, B, H, T, CTX, D, qs, cs, vcs, os, ctx,
             )

@@ -44,6 +44,11 @@ def tiny_en_checkpoint(tiny_en_dir):
 
 @pytest.fixture(scope="session")
 def tiny_en_artifact(tiny_en_dir, tmp_path_factory) -> Path:
+    """Compiled once per run; MWC_TEST_ARTIFACT=DIR reuses a tiny.en fp32 CPU artifact compiled by this code
+    (a development shortcut: CI always compiles)."""
+    reuse = os.environ.get("MWC_TEST_ARTIFACT")
+    if reuse:
+        return Path(reuse)
     out = tmp_path_factory.mktemp("artifacts") / "tiny.en"
     r = mwc("compile", str(tiny_en_dir), "-o", str(out))
     assert r.returncode == 0, r.stdout + r.stderr

@@ -27,10 +27,10 @@ def normalize(text: str) -> str:
 
 def test_manifest_and_checksums(tiny_en_artifact):
     m = json.loads((tiny_en_artifact / "manifest.json").read_text())
-    assert m["schema_version"] == 1 and m["name"] == "whisper-tiny.en"
+    assert m["schema_version"] == 2 and m["name"] == "whisper-tiny.en"
     assert m["versions"]["max"] == "26.7.0" and m["versions"]["mojo"] == "1.2.0"
     assert m["precision"]["name"] == "fp32" and m["dims"]["n_mels"] == 80
-    assert set(m["graphs"]) == {"mel", "encoder", "decoder"}
+    assert {"mel", "encoder", "decoder", "step"} <= set(m["graphs"])
     for f in ("model.mef", "weights.safetensors", "vocab.json", "ops.mojoc", "parity.json", "loader.py",
               "mwc_runtime/model.py"):
         assert f in m["files"], f
@@ -157,3 +157,26 @@ def test_verify_cli(tiny_en_artifact, data, tmp_path):
     assert mwc("inspect", str(art), "--check").returncode == 0
     r = mwc("verify", str(art))
     assert r.returncode == 1 and "--manifest" in r.stderr
+
+
+class _HostRules:
+    """The compiled model seen without ``greedy_step``: logits come to the host and numpy applies the filters."""
+
+    def __init__(self, model):
+        self.encode, self.decode = model.encode, model.decode
+
+
+def test_in_graph_pick_matches_host_rules(tiny_en_model, data):
+    """The step graph's greedy pick (filters as masks, KV cache filled in place) against the same model's logits
+    filtered by numpy: same tokens, log-probs and no-speech probabilities, window by window."""
+    model = tiny_en_model
+    for clip in ["short/jfk.flac", "short/ljspeech_LJ001-0003.flac"]:
+        mel = model.log_mel(load_audio(data / clip))
+        got = decoding.transcribe(model, model.tokenizer, mel, decoding.DecodingOptions(), model.suppress)
+        want = decoding.transcribe(_HostRules(model), model.tokenizer, mel, decoding.DecodingOptions(),
+                                   model.suppress)
+        assert len(got["windows"]) == len(want["windows"])
+        for g, w in zip(got["windows"], want["windows"]):
+            assert g.tokens == w.tokens, clip
+            assert abs(g.avg_logprob - w.avg_logprob) < 1e-3, clip
+            assert abs(g.no_speech_prob - w.no_speech_prob) < 1e-4, clip

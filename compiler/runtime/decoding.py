@@ -8,7 +8,9 @@ from softmax(logits / T) with a seeded numpy Generator, so results are reproduci
 
 Logit rules are small classes applied in order (suppress blank, suppress tokens, timestamp rules), as in openai's
 ``LogitFilter``s. The model is anything with ``encode(mel_window)`` and ``decode(tokens, audio, cache)``: the
-compiled MAX artifact (``runtime.model``) and the numpy float64 reference (``compiler.reference``) both are.
+compiled MAX artifact (``runtime.model``) and the numpy float64 reference (``compiler.reference``) both are. A model
+that also has ``greedy_step`` (the compiled one) gets the filters as data (``pick_rules``) and picks greedy tokens
+inside its decoder graph, so a greedy step copies a few numbers to the host instead of the vocabulary's logits.
 """
 
 from __future__ import annotations
@@ -70,53 +72,78 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
 
 
-class SuppressBlank:
+OPEN_END = 1 << 40  # "to the end of the vocabulary" for an interval's upper bound
+
+
+class LogitFilter:
+    """openai's LogitFilter, as data: ids masked on every step (``suppress``), token-id intervals masked for this
+    row (``intervals``) and, for the timestamp rules, the "timestamps likelier than text" test (``ts_rule``).
+
+    ``apply`` runs them on numpy logits; the decoder graph runs the same data in its greedy ``pick``, so the rules
+    exist once."""
+
+    suppress: tuple[int, ...] = ()
+    ts_rule = False
+
+    def intervals(self, row: np.ndarray) -> list[tuple[int, int]]:
+        return []
+
+    def apply(self, logits: np.ndarray, tokens: np.ndarray) -> None:
+        if self.suppress:
+            logits[:, list(self.suppress)] = -np.inf
+        for k in range(tokens.shape[0]):
+            for lo, hi in self.intervals(tokens[k]):
+                logits[k, lo:hi] = -np.inf
+
+
+class SuppressBlank(LogitFilter):
     def __init__(self, tokenizer: Tokenizer, sample_begin: int):
         self.ids = [tokenizer.space, tokenizer.eot]
         self.sample_begin = sample_begin
 
-    def apply(self, logits: np.ndarray, tokens: np.ndarray) -> None:
-        if tokens.shape[1] == self.sample_begin:
-            logits[:, self.ids] = -np.inf
+    def intervals(self, row: np.ndarray) -> list[tuple[int, int]]:
+        return [(i, i + 1) for i in self.ids] if len(row) == self.sample_begin else []
 
 
-class SuppressTokens:
+class SuppressTokens(LogitFilter):
     def __init__(self, ids: list[int]):
-        self.ids = list(ids)
-
-    def apply(self, logits: np.ndarray, tokens: np.ndarray) -> None:
-        logits[:, self.ids] = -np.inf
+        self.suppress = tuple(ids)
 
 
-class ApplyTimestampRules:
+class ApplyTimestampRules(LogitFilter):
+    ts_rule = True
+
     def __init__(self, tokenizer: Tokenizer, sample_begin: int, max_initial_timestamp_index: int | None):
         self.tk = tokenizer
         self.sample_begin = sample_begin
         self.max_initial_timestamp_index = max_initial_timestamp_index
+        self.suppress = (tokenizer.no_timestamps,)  # handled by without_timestamps
+
+    def intervals(self, row: np.ndarray) -> list[tuple[int, int]]:
+        tb, eot = self.tk.timestamp_begin, self.tk.eot
+        out = []
+        # timestamps come in pairs, except directly before EOT
+        seq = row[self.sample_begin:]
+        last_was_ts = len(seq) >= 1 and seq[-1] >= tb
+        penultimate_was_ts = len(seq) < 2 or seq[-2] >= tb
+        if last_was_ts:
+            # two timestamps in a row: text must follow; one: cannot be normal text tokens
+            out.append((tb, OPEN_END) if penultimate_was_ts else (0, eot))
+        ts = seq[seq >= tb]
+        if ts.size > 0:
+            # timestamps never decrease, and each segment has a nonzero length (no infinite loops)
+            last = int(ts[-1]) if last_was_ts and not penultimate_was_ts else int(ts[-1]) + 1
+            out.append((tb, last))
+        if len(row) == self.sample_begin:
+            out.append((0, tb))  # a sample starts with a timestamp
+            if self.max_initial_timestamp_index is not None:
+                out.append((tb + self.max_initial_timestamp_index + 1, OPEN_END))
+        return out
 
     def apply(self, logits: np.ndarray, tokens: np.ndarray) -> None:
-        tb, eot = self.tk.timestamp_begin, self.tk.eot
-        logits[:, self.tk.no_timestamps] = -np.inf  # handled by without_timestamps
-        # timestamps come in pairs, except directly before EOT
-        for k in range(tokens.shape[0]):
-            seq = tokens[k, self.sample_begin:]
-            last_was_ts = len(seq) >= 1 and seq[-1] >= tb
-            penultimate_was_ts = len(seq) < 2 or seq[-2] >= tb
-            if last_was_ts:
-                if penultimate_was_ts:  # has to be non-timestamp
-                    logits[k, tb:] = -np.inf
-                else:  # cannot be normal text tokens
-                    logits[k, :eot] = -np.inf
-            ts = seq[seq >= tb]
-            if ts.size > 0:
-                # timestamps never decrease, and each segment has a nonzero length (no infinite loops)
-                last = ts[-1] if last_was_ts and not penultimate_was_ts else ts[-1] + 1
-                logits[k, tb:last] = -np.inf
-        if tokens.shape[1] == self.sample_begin:
-            logits[:, :tb] = -np.inf  # a sample starts with a timestamp
-            if self.max_initial_timestamp_index is not None:
-                logits[:, tb + self.max_initial_timestamp_index + 1:] = -np.inf
+        super().apply(logits, tokens)
         # if the timestamps together are likelier than any text token, take a timestamp
+        tb = self.tk.timestamp_begin
         logprobs = _log_softmax(logits)
         for k in range(tokens.shape[0]):
             ts_lp = logprobs[k, tb:]
@@ -124,6 +151,22 @@ class ApplyTimestampRules:
             ts_logprob = m + np.log(np.exp(ts_lp - m).sum()) if np.isfinite(m) else -np.inf
             if ts_logprob > logprobs[k, :tb].max():
                 logits[k, :tb] = -np.inf
+
+
+def pick_rules(filters: list[LogitFilter], tokens: np.ndarray, sot_index: int, tokenizer: Tokenizer) -> np.ndarray:
+    """The filters' per-row data for the decoder graph's in-graph pick (graph.PICK_RULES columns)."""
+    rules = np.zeros((tokens.shape[0], 12), dtype=np.int64)
+    for k in range(tokens.shape[0]):
+        ivs = [iv for f in filters for iv in f.intervals(tokens[k])]
+        if len(ivs) > 4:
+            raise ValueError(f"{len(ivs)} masked intervals; the decoder graph takes 4")
+        for j, (lo, hi) in enumerate(ivs):
+            rules[k, 2 * j:2 * j + 2] = lo, hi
+    rules[:, 8] = any(f.ts_rule for f in filters)
+    rules[:, 9] = sot_index
+    rules[:, 10] = tokenizer.no_speech
+    rules[:, 11] = tokenizer.timestamp_begin
+    return rules
 
 
 def suppress_ids(tokenizer: Tokenizer, checkpoint_suppress: list[int]) -> list[int]:
@@ -336,6 +379,20 @@ def decode_window(model, tokenizer: Tokenizer, mel_window: np.ndarray, options: 
     cache = None
     sum_logprob = 0.0
     no_speech_prob = float("nan")
+    if temperature == 0 and hasattr(model, "greedy_step"):
+        # the compiled decoder applies the same filters and picks the token itself: no logits reach the host
+        suppress_all = tuple(sorted({i for f in filters for i in f.suppress}))
+        for i in range(sample_len):
+            rules = pick_rules(filters, tokens, sot_index, tokenizer)
+            next_ids, logprob, nospeech, cache, feed = model.greedy_step(feed, audio, cache, rules, suppress_all)
+            if i == 0:
+                no_speech_prob = float(np.exp(nospeech[0]))
+            next_token = int(next_ids[0])
+            sum_logprob += float(logprob[0])
+            tokens = np.concatenate([tokens, [[next_token]]], axis=1)
+            if next_token == tokenizer.eot or tokens.shape[1] > n_text_ctx:
+                break
+        return _result(tokenizer, tokens, sample_begin, sum_logprob, no_speech_prob, language, temperature)
     for i in range(sample_len):
         logits_all, cache = model.decode(feed, audio, cache)
         if i == 0:
@@ -353,6 +410,11 @@ def decode_window(model, tokenizer: Tokenizer, mel_window: np.ndarray, options: 
         if next_token == tokenizer.eot or tokens.shape[1] > n_text_ctx:
             break
         feed = tokens[:, -1:]
+    return _result(tokenizer, tokens, sample_begin, sum_logprob, no_speech_prob, language, temperature)
+
+
+def _result(tokenizer: Tokenizer, tokens: np.ndarray, sample_begin: int, sum_logprob: float, no_speech_prob: float,
+            language: str | None, temperature: float) -> DecodingResult:
     sampled = tokens[0, sample_begin:].tolist()
     if tokenizer.eot in sampled:
         sampled = sampled[:sampled.index(tokenizer.eot)]

@@ -15,7 +15,8 @@ from .audio import N_SAMPLES, load_audio
 from .decoding import DecodingOptions, suppress_ids, transcribe
 from .tokenizer import Tokenizer
 
-SCHEMA_VERSION = 1
+NEG = -1e30  # a masked logit (graph.NEG)
+SCHEMA_VERSION = 2  # 2: the decoder graph takes pick rules and returns the greedy pick
 
 
 class ArtifactError(Exception):
@@ -60,6 +61,13 @@ def to_numpy(x) -> np.ndarray:
     if x.dtype == DType.bfloat16:
         return (x.view(DType.uint16).to_numpy().astype(np.uint32) << 16).view(np.float32)
     return x.to_numpy()
+
+
+class _StepState:
+    """A greedy sequence in the step graph's cache: its buffers and how many tokens they hold."""
+
+    def __init__(self, kv):
+        self.kv, self.pos = kv, 0
 
 
 class Whisper:
@@ -112,14 +120,29 @@ class Whisper:
         d = self.dims
         shape = (d["n_text_layer"], 1, d["n_text_head"], 0, d["n_text_state"] // d["n_text_head"])
         self._empty_cache = _empty(shape, m["precision"]["kv_cache"], self.device)
+        self._biases: dict = {}
+        self._kv: dict = {}  # batch → (K, V) cache buffers of the step graph
+        self._captured: dict = {}  # batch → the captured step graph's inputs and outputs
+        import os
 
-    def _in(self, x: np.ndarray):
-        """An input for the graphs: numpy on the CPU, a device buffer on an accelerator."""
-        if self.device is None:
+        self._capture = os.environ.get("MWC_NO_CAPTURE", "") in ("", "0")
+
+    def _in(self, x):
+        """An input for the graphs: numpy on the CPU, a device buffer on an accelerator (graph outputs pass as is)."""
+        if self.device is None or not isinstance(x, np.ndarray):
             return x
         from max.driver import Buffer
 
         return Buffer.from_numpy(x).to(self.device)
+
+    def _bias(self, suppress: tuple[int, ...]):
+        """The decoder's (vocab,) suppress bias for these ids, made once per id set and kept on the device."""
+        key = tuple(suppress)
+        if key not in self._biases:
+            b = np.zeros(self.dims["n_vocab"], dtype=np.float32)
+            b[list(key)] = NEG
+            self._biases[key] = self._in(b)
+        return self._biases[key]
 
     # --- the stages, each one compiled graph ---
     def log_mel(self, audio: np.ndarray, padding: int = N_SAMPLES) -> np.ndarray:
@@ -131,11 +154,86 @@ class Whisper:
         xa, k, v = self.models["encoder"].execute(self._in(np.ascontiguousarray(mel_window, dtype=np.float32)))
         return {"xa": xa, "cross_k": k, "cross_v": v}
 
-    def decode(self, tokens: np.ndarray, audio: dict, cache):
+    def _decoder(self, tokens, audio: dict, cache, bias, rules):
         k, v = cache if cache is not None else (self._empty_cache, self._empty_cache)
-        logits, k, v = self.models["decoder"].execute(self._in(np.ascontiguousarray(tokens, dtype=np.int64)), k, v,
-                                                      audio["cross_k"], audio["cross_v"])
+        if isinstance(tokens, np.ndarray):
+            tokens = np.ascontiguousarray(tokens, dtype=np.int64)
+        return self.models["decoder"].execute(self._in(tokens), k, v, audio["cross_k"], audio["cross_v"], bias,
+                                              self._in(rules))
+
+    def decode(self, tokens: np.ndarray, audio: dict, cache):
+        """Logits (batch, t, vocab) for ``tokens`` after ``cache`` (None: empty), and the grown cache."""
+        rules = np.zeros((tokens.shape[0], 12), dtype=np.int64)  # no intervals, no timestamp rule
+        logits, k, v, *_ = self._decoder(tokens, audio, cache, self._bias(()), rules)
         return to_numpy(logits), (k, v)
+
+    def greedy_step(self, tokens, audio: dict, cache, rules: np.ndarray, suppress: tuple[int, ...]):
+        """One greedy step of the ``step`` graph: the pick happens inside it (decoding.pick_rules gives ``rules``)
+        and the KV cache is a fixed-size device buffer it fills in place. ``cache`` is None to start a sequence
+        (then ``tokens`` is the whole prompt), else what the previous call returned. Returns the next ids (batch,),
+        their log-probs, log p(nospeech) at the SOT row, the cache state and the ids as the next ``tokens``.
+
+        On a GPU each t = 1 step is captured once per batch size as a device graph and replayed: one launch per
+        token instead of one per kernel (set MWC_NO_CAPTURE=1 to run every step eagerly)."""
+        batch, t = tokens.shape[0], tokens.shape[1]
+        state = cache if isinstance(cache, _StepState) else _StepState(self._kv_buffers(batch))
+        if state.pos + t > self.dims["n_text_ctx"]:
+            raise ValueError(f"{state.pos + t} tokens exceed the decoder's context of {self.dims['n_text_ctx']}")
+        if isinstance(tokens, np.ndarray):
+            tokens = np.ascontiguousarray(tokens, dtype=np.int64)
+        args = [tokens, np.array([state.pos], dtype=np.int64), audio["cross_k"], audio["cross_v"],
+                self._bias(suppress), rules, *state.kv]
+        out = None
+        if t == 1 and self.device is not None and self._capture:
+            out = self._replay(batch, args, state)
+        if out is None:
+            out = self.models["step"].execute(*(self._in(a) for a in args))
+        token, logprob, nospeech = out
+        state.pos += t
+        return to_numpy(token)[:, 0], to_numpy(logprob)[:, 0], to_numpy(nospeech)[:, 0], state, token
+
+    def _kv_buffers(self, batch: int):
+        """The step graph's K and V cache buffers for this batch size (allocated once, reused by every sequence)."""
+        if batch not in self._kv:
+            from max.driver import CPU, Buffer
+            from max.dtype import DType
+
+            d = self.dims
+            shape = (d["n_text_layer"], batch, d["n_text_head"], d["n_text_ctx"], d["n_text_state"] // d["n_text_head"])
+            dt = getattr(DType, self.manifest["precision"]["kv_cache"])
+            self._kv[batch] = tuple(Buffer(dt, shape, device=self.device or CPU()) for _ in range(2))
+        return self._kv[batch]
+
+    def _replay(self, batch: int, args: list, state: "_StepState"):
+        """Run one t = 1 step as a captured device graph; None when capture is not possible (then run eagerly)."""
+        from max.driver import Buffer
+
+        model = self.models["step"]
+        ent = self._captured.get(batch)
+        if ent is None:
+            try:
+                # capture's inputs stay bound to the graph: fresh device copies of everything but the KV buffers
+                inputs = [self._in(a) if isinstance(a, np.ndarray) else a.copy() for a in args[:6]] + list(args[6:])
+                outs = model.capture(batch, *inputs)
+            except Exception as e:  # noqa: BLE001 - capture is an optimization; eager execution stays correct
+                import warnings
+
+                warnings.warn(f"device-graph capture failed, decoding eagerly: {e}")
+                self._capture = False
+                return None
+            ent = self._captured[batch] = (inputs, outs, {"audio": None, "bias": None})
+        inputs, outs, bound = ent
+        for i, a in enumerate(args[:6]):
+            if i in (2, 3) and bound["audio"] is args[2]:
+                continue  # this window's cross K/V are in place already
+            if i == 4 and bound["bias"] is a:
+                continue
+            src = a if not isinstance(a, np.ndarray) else Buffer.from_numpy(a)
+            if src is not inputs[i]:
+                inputs[i].inplace_copy_from(src)
+        bound["audio"], bound["bias"] = args[2], args[4]
+        model.replay(batch, *inputs)
+        return outs
 
     # --- the whole job ---
     def transcribe(self, audio, language: str | None = None, task: str = "transcribe",
