@@ -358,7 +358,8 @@ class HF(Peer):
         self.dtype = torch.float16 if self.fp16 else torch.float32
         folder = spec["models"]["hf"]
         self.proc = WhisperProcessor.from_pretrained(folder)
-        self.model = WhisperForConditionalGeneration.from_pretrained(folder, dtype=self.dtype).to(self.device).eval()
+        self.model = WhisperForConditionalGeneration.from_pretrained(folder, dtype=self.dtype)
+        self.model = self.model.to(self.device, self.dtype).eval()  # older transformers name it torch_dtype
         self.sync = torch_sync(self.device)
         self.multilingual = bool(getattr(self.model.generation_config, "is_multilingual", False))
 
@@ -580,8 +581,10 @@ def cold_worker(system: str, spec: dict) -> dict:
 
 
 def worker_main(system: str, workloads: list[str], spec: dict) -> None:
-    if spec["device"] == "cpu" and spec.get("cpu_threads"):
-        os.environ.setdefault("OMP_NUM_THREADS", str(spec["cpu_threads"]))
+    if spec["device"] == "cpu" and spec.get("cpu_threads") and system in ("openai", "hf"):
+        import torch
+
+        torch.set_num_threads(spec["cpu_threads"])
     for workload in workloads:
         t = time.perf_counter()
         try:
@@ -653,9 +656,9 @@ class GpuMemSampler:
 
 
 def cuda_compat_env(work: Path) -> dict:
-    """Environment for CTranslate2 on a CUDA 13 machine: its wheel links libcublas.so.12 / libcublasLt.so.12 and
-    cuDNN 9. Where those names are missing, link the newest libcublas*.so.N found (pip nvidia packages, the CUDA
-    toolkit) under the .12 names in WORK/cuda-compat, and put that folder and the cuDNN folder on LD_LIBRARY_PATH."""
+    """Environment for CTranslate2 on a CUDA 13 machine: its wheel dlopens libcublas.so.12 (+ libcublasLt.so.12).
+    Where those names are missing, link the newest libcublas*.so.N found (pip nvidia packages, the CUDA toolkit)
+    under the .12 names in WORK/cuda-compat and put that folder and the found one on LD_LIBRARY_PATH."""
     import ctypes
     import importlib.util
 
@@ -665,15 +668,16 @@ def cuda_compat_env(work: Path) -> dict:
     roots = [Path(p) for p in (spec.submodule_search_locations or [])] if spec else []
     roots += [Path("/usr/local/cuda/lib64"), Path("/usr/lib/x86_64-linux-gnu")]
     compat = work / "cuda-compat"
-    for want in ("libcublas.so.12", "libcublasLt.so.12", "libcudnn.so.9"):
+    for want in ("libcublas.so.12", "libcublasLt.so.12"):  # what libctranslate2 4.8.5 dlopens (CUDA runtime static)
         try:
             ctypes.CDLL(want)
             continue
         except OSError:
             pass
         stem = want.rsplit(".so.", 1)[0]
-        found = sorted(p for r in roots if r.is_dir() for p in r.rglob(f"{stem}.so.*")
-                       if p.name.split(".so.")[1].split(".")[0].isdigit())
+        found = sorted((p for r in roots if r.is_dir() for p in r.rglob(f"{stem}.so.*")
+                        if p.name.split(".so.")[1].split(".")[0].isdigit()),
+                       key=lambda p: (int(p.name.split(".so.")[1].split(".")[0]), -len(p.name)))
         if not found:
             print(f"warning: {want} not found; faster-whisper on cuda may fail", file=sys.stderr)
             continue
@@ -722,8 +726,8 @@ def run_worker(system: str, workload: str, spec_path: Path, device: str, log_dir
 def fmt_time(s: float | None, workload: str) -> str:
     if s is None:
         return "—"
-    if workload.startswith("MEL") or workload.startswith("W30"):
-        return f"{s * 1e3:.3g} ms" if s < 10 else f"{s:.3g} s"
+    if s < 1 and (workload.startswith("MEL") or workload.startswith("W30")):
+        return f"{s * 1e3:.3g} ms"
     return f"{s:.3g} s"
 
 
@@ -839,7 +843,10 @@ def main_run(args) -> None:
     rows: dict = {}
     lf_seconds = None
     envs = {"faster": cuda_compat_env(Path(args.work))} if args.device == "cuda" and "faster" in systems else {}
-    if envs:
+    if args.device == "cpu" and args.cpu_threads:  # a shared CPU: every system gets the same thread count
+        n = str(args.cpu_threads)
+        envs = {s: {**os.environ, "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n} for s in systems}
+    if "faster" in envs and args.device == "cuda":
         results["faster_ld_library_path"] = envs["faster"].get("LD_LIBRARY_PATH")
 
     if not args.w30_only:
@@ -905,7 +912,8 @@ def main_run(args) -> None:
                     rows.setdefault(f"W30 {size} b{b}", {})[s] = {
                         "ok": r.get("ok") and "seconds" in br, "seconds": br.get("seconds"),
                         "peak_device_mb": r.get("peak_device_mb")}
-                msg = (", ".join(f"b{b} {fmt_time(r['batches'][str(b)]['seconds'], 'W30')}" for b in batches)
+                msg = (", ".join(f"b{b} {fmt_time(r['batches'][str(b)]['seconds'], 'W30')} "
+                                 f"({r['batches'][str(b)].get('new_tokens')} tokens)" for b in batches)
                        if r.get("ok") else r.get("error"))
                 print(f"    {msg}", file=sys.stderr, flush=True)
                 (out / "results.json").write_text(json.dumps(results, indent=1))
@@ -915,13 +923,39 @@ def main_run(args) -> None:
     (out / "results.json").write_text(json.dumps(results, indent=1))
     (out / "table.md").write_text(md + "\n")
     v = results["versions"]
-    print(f"\n## peers on {results['device']} ({args.precision}; "
+    print(f"\n## mwc vs peers on {results['device']}, peers {args.precision} — "
           + ", ".join(f"{k} {v[k]}" for k in ("max", "faster-whisper", "ctranslate2", "openai-whisper",
-                                              "transformers", "torch") if v.get(k)) + ")")
-    if lf_seconds:
-        print(f"LF = {lf_seconds:.0f} s of English audio; × = peer time / mwc time (> 1: mwc faster); "
-              f"WER Whisper-normalized; mem = peak device memory over the process (nvidia-smi, baseline subtracted)")
+                                              "transformers", "torch") if v.get(k)))
+    for line in notes(results, lf_seconds, args):
+        print(line)
     print(md)
+
+
+def notes(results: dict, lf_seconds: float | None, args) -> list[str]:
+    out = ["× = peer time / mwc time (> 1: mwc faster); best of %d after 1 warmup (MEL: median of %d calls); WER "
+           "Whisper-normalized (jiwer); mem = peak nvidia-smi memory.used of the process minus the level before it"
+           % (args.repeat, args.mel_calls)]
+    if lf_seconds:
+        out.append(f"LF = {lf_seconds:.0f} s of English audio, long-form, batch 1; TP batch {args.tp_batch} for "
+                   "faster-whisper (BatchedInferencePipeline) and transformers (generate), sequential for "
+                   "openai-whisper and mwc")
+    for r in results["runs"]:
+        if r.get("system") != "mwc" or not r.get("ok"):
+            continue
+        d = r.get("detail") or {}
+        if r["workload"] == "COLD":
+            t = d.get("compile_timings") or {}
+            out.append(f"mwc COLD: import {r.get('import_s', 0):.2f} s + load {r.get('load_s', 0):.2f} s + first "
+                       f"result {r.get('first_result_s', 0):.2f} s; compile (manifest timings): "
+                       + ", ".join(f"{k} {val:.1f} s" for k, val in t.items()))
+        elif r["workload"] in ("LF", "MEL") and d:
+            out.append(f"mwc {r['workload']}: runner {r.get('runner')}, {d.get('precision')} on {d.get('device')}"
+                       + (f", mel device {d['mel_ms_device']:.3g} ms / host {d['mel_ms_host']:.3g} ms"
+                          if "mel_ms_device" in d else ""))
+    stubs = sorted({m for r in results["runs"] for m in r.get("stubbed_modules", [])})
+    if stubs:
+        out.append("stubbed (absent, never called): " + ", ".join(stubs))
+    return out
 
 
 def prepare_w30(args) -> None:
