@@ -4,6 +4,10 @@ inputs and compared against numpy float64 on the same bf16-rounded inputs.
 Usage: python tests/probe_bf16_cpu.py [--device cpu|gpu]
 Prints one line per op: max relative error (max |got - want| / max |want|). bf16 rounding of the output alone is
 ~4e-3; an op far above ~1e-2 computes something else.
+
+Measured (MAX 26.7.0, 2-core x86 CPU): cast 0, matmul x@W^T 3.1e-3, bias add 2.6e-3, gelu 2.0e-3, layer_norm
+2.6e-3, mwc_attention 2.3e-3 (causal 2.5e-3), softmax 3.5e-3, batched (B,H,T,64)@(B,H,64,T) 1.9e-2, conv2d k3
+5.9e-2 (stride 2: 5.1e-2): the convolution (and, less so, the batched matmul) accumulates in bf16.
 """
 
 from __future__ import annotations
