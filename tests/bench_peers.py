@@ -482,12 +482,13 @@ def local_run_mwc(artifact_dir, workload, files, batch=1, n_tokens=100, repeat=3
     w = _MWC_MODELS[artifact_dir]
     detail = {"precision": w.manifest["precision"]["name"], "device": w.manifest["device"],
               "load_seconds": w.load_seconds, "batch": batch}
+    lang = "en" if w.tokenizer.languages else None  # the peers are told English too
     if workload == "LF":
-        best, times, out = timed(lambda: w.transcribe(files[0], temperature=0.0)["text"], repeat)
+        best, times, out = timed(lambda: w.transcribe(files[0], language=lang, temperature=0.0)["text"], repeat)
         return {"seconds": best, "texts": [out], "detail": {**detail, "times": times}}
     if workload == "TP":  # sequential for now
         def tp():
-            return [w.transcribe(f, temperature=0.0)["text"] for f in files]
+            return [w.transcribe(f, language=lang, temperature=0.0)["text"] for f in files]
 
         best, times, out = timed(tp, repeat)
         return {"seconds": best, "texts": out, "detail": {**detail, "times": times}}
@@ -544,7 +545,8 @@ def cold_worker(system: str, spec: dict) -> dict:
         t_imp = time.perf_counter()
         w = Whisper(spec["models"]["mwc"])
         t_load = time.perf_counter()
-        text = w.transcribe(str(audio_path), temperature=0.0)["text"]
+        text = w.transcribe(str(audio_path), language="en" if w.tokenizer.languages else None,
+                            temperature=0.0)["text"]
         detail = {"compile_timings": w.manifest.get("timings", {})}
     elif system == "faster":
         stub_missing("av")
@@ -581,10 +583,13 @@ def cold_worker(system: str, spec: dict) -> dict:
 
 
 def worker_main(system: str, workloads: list[str], spec: dict) -> None:
-    if spec["device"] == "cpu" and spec.get("cpu_threads") and system in ("openai", "hf"):
-        import torch
+    # torch and CTranslate2 take --cpu-threads; MAX's CPU device is created by the runtime with its defaults (all
+    # cores), and a session cannot change it afterwards, so on a CPU mwc is not thread-limited
+    if spec["device"] == "cpu" and spec.get("cpu_threads"):
+        if system in ("openai", "hf"):
+            import torch
 
-        torch.set_num_threads(spec["cpu_threads"])
+            torch.set_num_threads(spec["cpu_threads"])
     for workload in workloads:
         t = time.perf_counter()
         try:
@@ -952,6 +957,9 @@ def notes(results: dict, lf_seconds: float | None, args) -> list[str]:
             out.append(f"mwc {r['workload']}: runner {r.get('runner')}, {d.get('precision')} on {d.get('device')}"
                        + (f", mel device {d['mel_ms_device']:.3g} ms / host {d['mel_ms_host']:.3g} ms"
                           if "mel_ms_device" in d else ""))
+    if args.device == "cpu" and args.cpu_threads:
+        out.append(f"CPU: peers limited to {args.cpu_threads} thread(s) (torch, CTranslate2); mwc's MAX CPU device "
+                   "uses its default (all cores) — CPU ratios are a dry run, not a fair comparison")
     stubs = sorted({m for r in results["runs"] for m in r.get("stubbed_modules", [])})
     if stubs:
         out.append("stubbed (absent, never called): " + ", ".join(stubs))
@@ -1018,6 +1026,8 @@ def main() -> None:
     ap.add_argument("--w30-sizes", help="comma list (default: small,large-v3 for --prepare-w30; all in --w30-dir)")
     ap.add_argument("--w30-batches", default="1,16")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pack-cmd", action="store_true", help="print the ../shared/device/pack.py command that "
+                    "carries MAX, --ct2 (as tiny.en), every wheel in .whl/ and --data to the GPU machine")
     ap.add_argument("--worker", choices=SYSTEMS, help=argparse.SUPPRESS)
     ap.add_argument("--workload", help=argparse.SUPPRESS)
     ap.add_argument("--spec", help=argparse.SUPPRESS)
@@ -1026,6 +1036,18 @@ def main() -> None:
         args.precision = "fp16" if args.device == "cuda" else "fp32"
     if args.worker:
         worker_main(args.worker, args.workload.split(","), json.loads(Path(args.spec).read_text()))
+        return
+    if args.pack_cmd:
+        wheels = sorted((ROOT / ".whl").glob("*.whl"))
+        parts = ["python3", "../shared/device/pack.py", "--with-compiler"]
+        if args.ct2:
+            parts += ["--model", f"tiny.en={args.ct2}"]
+        for w in wheels:
+            parts += ["--wheel", str(w.relative_to(ROOT))]
+        if args.data:
+            parts += ["--file", f"{args.data}=bench-data"]
+        print(" ".join(shlex.quote(p) for p in parts))
+        print(f"# wheels: {len(wheels)}, {sum(w.stat().st_size for w in wheels) / 1e6:.1f} MB", file=sys.stderr)
         return
     if args.prepare_data:
         prepare_data(Path(args.prepare_data), Path(args.clips), args.lf_minutes, args.tp_clips)
