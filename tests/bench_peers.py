@@ -230,8 +230,8 @@ class Peer:
             out = {}
             for b in s["w30_batches"]:
                 state = self.w30_setup(audio, b)
-                best, times, n = timed(lambda: self.w30(state), repeat, sync=self.sync)
-                out[str(b)] = {"seconds": best, "times": times, "new_tokens": n}
+                best, times, res = timed(lambda: self.w30(state), repeat, sync=self.sync)
+                out[str(b)] = {"seconds": best, "times": times, **res}  # new_tokens, first_tokens (same weights?)
             return {"seconds": out[str(s["w30_batches"][0])]["seconds"], "batches": out, "texts": []}
         raise SystemExit(f"unknown workload {workload}")
 
@@ -293,7 +293,7 @@ class Faster(Peer):
         # CTranslate2's Whisper generates at most max_length // 2 tokens (openai's sample_len = n_text_ctx // 2)
         res = self.model.model.generate(st["features"], st["prompts"], beam_size=1, suppress_blank=False,
                                         suppress_tokens=[st["eot"]], max_length=2 * n, return_scores=False)
-        return min(len(r.sequences_ids[0]) for r in res)
+        return {"new_tokens": min(len(r.sequences_ids[0]) for r in res), "first_tokens": res[0].sequences_ids[0][:8]}
 
 
 class OpenAI(Peer):
@@ -345,7 +345,8 @@ class OpenAI(Peer):
                 tokens, _, _ = task._main_loop(feats, tokens)
             finally:
                 task.inference.cleanup_caching()
-        return int(tokens.shape[1] - task.sample_begin)
+        new = tokens[0, task.sample_begin:].tolist()
+        return {"new_tokens": int(tokens.shape[1] - task.sample_begin), "first_tokens": new[:8]}
 
 
 class HF(Peer):
@@ -410,8 +411,8 @@ class HF(Peer):
             out = self.model.generate(st["features"], max_new_tokens=n, min_new_tokens=n, do_sample=False,
                                       num_beams=1, return_timestamps=False, **self._lang())
         prompt = self.spec["w30_tokens"]["prompt"]  # transformers 4.x returns it in front, 5.x does not
-        head = out[0, :len(prompt)].tolist()
-        return int(out.shape[1] - (len(prompt) if head == prompt else 0))
+        skip = len(prompt) if out[0, :len(prompt)].tolist() == prompt else 0
+        return {"new_tokens": int(out.shape[1] - skip), "first_tokens": out[0, skip:skip + 8].tolist()}
 
 
 class Mwc(Peer):
