@@ -713,11 +713,15 @@ def run_worker(system: str, workload: str, spec_path: Path, device: str, log_dir
     log = log_dir / f"{system}-{workload}.log"
     t = time.perf_counter()
     with open(log, "w") as lf:
-        if sampler:
-            with sampler:
+        try:
+            if sampler:
+                with sampler:
+                    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=lf, text=True, timeout=timeout, env=env)
+            else:
                 p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=lf, text=True, timeout=timeout, env=env)
-        else:
-            p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=lf, text=True, timeout=timeout, env=env)
+        except subprocess.TimeoutExpired as e:  # the child is killed; the table shows the row as failed
+            out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+            p = subprocess.CompletedProcess(cmd, -9, out + f"\n(timed out after {timeout:.0f} s)", "")
         lf.write("\n--- stdout ---\n" + p.stdout)
     wall = time.perf_counter() - t
     rows = [json.loads(line[len(RESULT_TAG):]) for line in p.stdout.splitlines() if line.startswith(RESULT_TAG)]
