@@ -163,7 +163,7 @@ class WhisperGraphs:
         top = ops.max(z, axis=-1)
         token = ops.argmax(z, axis=-1)  # (B, 1)
         logprob = top - lse(z, top)
-        sot = ops.reshape(ops.slice_tensor(rules, [slice(0, 1), slice(9, 10)]), [1])
+        sot = ops.reshape(ops.slice_tensor(rules, [slice(0, 1), slice(9, 10)]), [1])  # must be < t (0 in steps)
         row = ops.squeeze(ops.gather(logits, sot, axis=1), 1)  # (B, V) at the SOT position
         nid = ops.reshape(ops.slice_tensor(rules, [slice(0, 1), slice(10, 11)]), [1])
         nospeech = ops.gather(row, nid, axis=1) - lse(row, ops.max(row, axis=-1))
@@ -301,4 +301,5 @@ def build_module(dims: ModelDimensions, plan: PrecisionPlan, device: DeviceRef, 
     b.build_mel(module, ops_dir)
     b.build_encoder(module, ops_dir)
     b.build_decoder(module, ops_dir)
+    b.build_step(module, ops_dir)
     return module

@@ -588,6 +588,114 @@ def _attn_gpu_kernel[
                 op[unsafe_offset=obase + qi * Int(os2) + col] = (acc[c] * inv).cast[dtype]()
 
 
+comptime DW = 16  # warps per block of the one-query (decode) kernel
+
+
+def _attn_decode_gpu_kernel[
+    dtype: DType, dyn: Bool
+](
+    qp: Pointer[Scalar[dtype], MutAnyOrigin],
+    kp: Pointer[Scalar[dtype], MutAnyOrigin],
+    vp: Pointer[Scalar[dtype], MutAnyOrigin],
+    op: Pointer[Scalar[dtype], MutAnyOrigin],
+    posp: Pointer[Int64, MutAnyOrigin],
+    H: Int32,
+    Tk: Int32,
+    D: Int32,
+    qs0: Int64, qs1: Int64,
+    ks0: Int64, ks1: Int64, ks2: Int64,
+    vs0: Int64, vs1: Int64, vs2: Int64,
+    os0: Int64, os1: Int64,
+    scale: Float32,
+):
+    """One query row (Tq = 1: a decoder step) against Tk keys, split over the block's DW warps (flash-decoding
+    inside one block): warp w takes key tiles w, w + DW, ...; lanes own output columns; the warps' partial
+    softmax states are merged through shared memory at the end."""
+    var part = stack_allocation[DW * (GPU_MAX_D + 2), Float32, address_space=AddressSpace.SHARED]()
+    var tid = Int(thread_idx.x)
+    var w = tid // 32
+    var lane = tid - w * 32
+    var bh = Int(block_idx.x)
+    var b = bh // Int(H)
+    var h = bh - b * Int(H)
+    var d_ = Int(D)
+    var tk = Int(Tk)
+    comptime if dyn:
+        tk = Int(posp[unsafe_offset=0]) + 1
+    var qbase = b * Int(qs0) + h * Int(qs1)
+    var kbase = b * Int(ks0) + h * Int(ks1)
+    var vbase = b * Int(vs0) + h * Int(vs1)
+    var qv = Array[Float32, GNC](fill=0)
+    comptime for c in range(GNC):
+        var col = lane + 32 * c
+        if col < d_:
+            qv[c] = qp[unsafe_offset=qbase + col].cast[F32]() * scale
+    var m_run = Float32(NEG_BIG)
+    var l_run: Float32 = 0
+    var acc = Array[Float32, GNC](fill=0)
+    var j0 = w * GKT
+    while j0 < tk:
+        var nk = min(GKT, tk - j0)
+        var s = Float32(NEG_BIG)  # lane r: the score of key j0 + r
+        for r in range(nk):
+            var krow = kbase + (j0 + r) * Int(ks2)
+            var t: Float32 = 0
+            comptime for c in range(GNC):
+                var col = lane + 32 * c
+                if col < d_:
+                    t += qv[c] * kp[unsafe_offset=krow + col].cast[F32]()
+            t = warp.sum(t)
+            if lane == r:
+                s = t
+        var m_new = max(m_run, warp.max(s))
+        var alpha = exp(m_run - m_new)
+        var pj: Float32 = 0
+        if lane < nk:
+            pj = exp(s - m_new)
+        l_run = l_run * alpha + warp.sum(pj)
+        m_run = m_new
+        comptime for c in range(GNC):
+            acc[c] = acc[c] * alpha
+        for r in range(nk):
+            var pr = warp.shuffle_idx(pj, UInt32(r))
+            var vrow = vbase + (j0 + r) * Int(vs2)
+            comptime for c in range(GNC):
+                var col = lane + 32 * c
+                if col < d_:
+                    acc[c] += pr * vp[unsafe_offset=vrow + col].cast[F32]()
+        j0 += DW * GKT
+    # merge the warps' (m, l, acc) states
+    var rowp = w * (GPU_MAX_D + 2)
+    comptime for c in range(GNC):
+        var col = lane + 32 * c
+        if col < d_:
+            part[unsafe_offset=rowp + col] = acc[c]
+    if lane == 0:
+        part[unsafe_offset=rowp + GPU_MAX_D] = m_run
+        part[unsafe_offset=rowp + GPU_MAX_D + 1] = l_run
+    barrier()
+    if w == 0:
+        var mm = Float32(NEG_BIG)
+        for i in range(DW):
+            mm = max(mm, part[unsafe_offset=i * (GPU_MAX_D + 2) + GPU_MAX_D])
+        var ll: Float32 = 0
+        var o = Array[Float32, GNC](fill=0)
+        for i in range(DW):
+            var base = i * (GPU_MAX_D + 2)
+            var f = exp(part[unsafe_offset=base + GPU_MAX_D] - mm)
+            ll += part[unsafe_offset=base + GPU_MAX_D + 1] * f
+            comptime for c in range(GNC):
+                var col = lane + 32 * c
+                if col < d_:
+                    o[c] += part[unsafe_offset=base + col] * f
+        var inv = Float32(1) / ll if ll > 0 else Float32(0)
+        var obase = b * Int(os0) + h * Int(os1)
+        comptime for c in range(GNC):
+            var col = lane + 32 * c
+            if col < d_:
+                op[unsafe_offset=obase + col] = (o[c] * inv).cast[dtype]()
+
+
 def attention_gpu[
     dtype: DType, causal: Bool, dyn: Bool = False
 ](
@@ -612,6 +720,17 @@ def attention_gpu[
     if D > GPU_MAX_D:
         raise Error("mwc_attention: GPU path supports head dim <= 128")
     var scale = Float32(1) / sqrt(Float32(D))
+    if Tq == 1:  # a decoder step: every key is visible (causal or not); split the keys over warps
+        ctx.enqueue_function[_attn_decode_gpu_kernel[dtype, dyn]](
+            qp, kp, vp, op, posp, Int32(H), Int32(Tk), Int32(D),
+            Int64(qs[0]), Int64(qs[1]),
+            Int64(ks[0]), Int64(ks[1]), Int64(ks[2]),
+            Int64(vs[0]), Int64(vs[1]), Int64(vs[2]),
+            Int64(os[0]), Int64(os[1]),
+            scale,
+            grid_dim=B * H, block_dim=DW * 32,
+        )
+        return
     var nblk = (Tq + GQ - 1) // GQ
     ctx.enqueue_function[_attn_gpu_kernel[dtype, causal, dyn]](
         qp, kp, vp, op, posp, Int32(H), Int32(Tq), Int32(Tk), Int32(D), Int32(nblk),

@@ -19,11 +19,12 @@
 # The mel projection skips the zero part of each filter row. Frame groups are
 # spread over the CPU worker threads with `sync_parallelize`.
 #
-# GPU algorithm (`_log_mel_gpu`): kernel 1 runs one thread block per frame:
-# the reflect-padded windowed frame goes to shared memory, thread k computes
-# bin k by a direct 400-point DFT with a shared twiddle table (index k*n % 400),
-# then thread m projects onto mel row m and writes log10; thread 0 stores the
-# frame's max into a scratch buffer. Kernel 2 (grid-stride) reduces those
+# GPU algorithm (`_log_mel_gpu`): kernel 1 runs one thread block per GFB = 8
+# frames: the reflect-padded windowed frames go to shared memory, thread k
+# computes bin k of all 8 frames by a direct 400-point DFT with a shared
+# twiddle table (index k*n % 400; each twiddle read serves 8 frames), then
+# (mel row, frame) pairs project and write log10; thread 0 stores the block's
+# max into a scratch buffer. Kernel 2 (grid-stride) reduces those
 # per-frame maxima in every block, then clamps to (max - 8) and rescales.
 # ===----------------------------------------------------------------------=== #
 
@@ -296,6 +297,9 @@ comptime GPU_THREADS = 256
 comptime F32Any = Pointer[Float32, MutAnyOrigin]
 
 
+comptime GFB = 8  # frames per thread block: each twiddle read from shared memory serves GFB frames
+
+
 def _mel_frames_kernel(
     audio: F32Any,
     audio_stride: Int64,
@@ -307,58 +311,71 @@ def _mel_frames_kernel(
     dst: F32Any,
     out_row_stride: Int64,
     out_col_stride: Int64,
-    frame_max: F32Any,  # [n_frames] scratch
+    n_frames: Int64,
+    block_max: F32Any,  # [n_blocks] scratch
 ):
-    var xs = stack_allocation[N_FFT, Float32, address_space=AddressSpace.SHARED]()
+    var xs = stack_allocation[GFB * N_FFT, Float32, address_space=AddressSpace.SHARED]()
     var twc = stack_allocation[N_FFT, Float32, address_space=AddressSpace.SHARED]()
     var tws = stack_allocation[N_FFT, Float32, address_space=AddressSpace.SHARED]()
-    var pw = stack_allocation[N_BINS + 7, Float32, address_space=AddressSpace.SHARED]()
+    var pw = stack_allocation[GFB * N_BINS, Float32, address_space=AddressSpace.SHARED]()
     var red = stack_allocation[GPU_THREADS, Float32, address_space=AddressSpace.SHARED]()
-    var t = Int(block_idx.x)
+    var t0 = Int(block_idx.x) * GFB
     var tid = Int(thread_idx.x)
     var ns = Int(n_samples)
-    var start = t * HOP - N_FFT // 2
+    var nf = Int(n_frames)
     var n = tid
     while n < N_FFT:
         # fp32: NVIDIA GPUs have no float64 cos/sin in Mojo's math
         var ang = Float32(2.0 * pi) * Float32(n) / Float32(N_FFT)
-        twc[unsafe_offset=n] = cos(ang)
+        var c = cos(ang)
+        twc[unsafe_offset=n] = c
         tws[unsafe_offset=n] = sin(ang)
-        var j = start + n
-        if j < 0:
-            j = -j
-        if j >= ns:
-            j = 2 * (ns - 1) - j
-        var w = Float32(0.5) - Float32(0.5) * cos(ang)
-        xs[unsafe_offset=n] = w * audio[unsafe_offset=j * Int(audio_stride)]
+        var w = Float32(0.5) - Float32(0.5) * c
+        comptime for f in range(GFB):
+            var x: Float32 = 0
+            if t0 + f < nf:
+                var j = (t0 + f) * HOP - N_FFT // 2 + n
+                if j < 0:
+                    j = -j
+                if j >= ns:
+                    j = 2 * (ns - 1) - j
+                x = w * audio[unsafe_offset=j * Int(audio_stride)]
+            xs[unsafe_offset=f * N_FFT + n] = x
         n += GPU_THREADS
     barrier()
     var k = tid
-    while k < N_BINS:
-        var re: Float32 = 0
-        var im: Float32 = 0
+    while k < N_BINS:  # thread k: bin k of the block's GFB frames, by a direct DFT
+        var re = Array[Float32, GFB](fill=0)
+        var im = Array[Float32, GFB](fill=0)
         var idx = 0
         for m in range(N_FFT):
-            var x = xs[unsafe_offset=m]
-            re += x * twc[unsafe_offset=idx]
-            im -= x * tws[unsafe_offset=idx]
+            var c = twc[unsafe_offset=idx]
+            var s = tws[unsafe_offset=idx]
+            comptime for f in range(GFB):
+                var x = xs[unsafe_offset=f * N_FFT + m]  # the same address in every lane: a broadcast
+                re[f] += x * c
+                im[f] -= x * s
             idx += k
             if idx >= N_FFT:
                 idx -= N_FFT
-        pw[unsafe_offset=k] = re * re + im * im
+        comptime for f in range(GFB):
+            pw[unsafe_offset=f * N_BINS + k] = re[f] * re[f] + im[f] * im[f]
         k += GPU_THREADS
     barrier()
     var vmax = Float32(-1.0e30)
-    var m = tid
-    while m < Int(n_mels):
-        var acc: Float32 = 0
-        var row = m * Int(filt_row_stride)
-        for f in range(N_BINS):
-            acc += filt[unsafe_offset=row + f * Int(filt_col_stride)] * pw[unsafe_offset=f]
-        var lg = log10(max(acc, Float32(1.0e-10)))
-        vmax = max(vmax, lg)
-        dst[unsafe_offset=m * Int(out_row_stride) + t * Int(out_col_stride)] = lg
-        m += GPU_THREADS
+    var e = tid
+    while e < Int(n_mels) * GFB:  # (mel row, frame) pairs
+        var m = e // GFB
+        var f = e - m * GFB
+        if t0 + f < nf:
+            var acc: Float32 = 0
+            var row = m * Int(filt_row_stride)
+            for b in range(N_BINS):
+                acc += filt[unsafe_offset=row + b * Int(filt_col_stride)] * pw[unsafe_offset=f * N_BINS + b]
+            var lg = log10(max(acc, Float32(1.0e-10)))
+            vmax = max(vmax, lg)
+            dst[unsafe_offset=m * Int(out_row_stride) + (t0 + f) * Int(out_col_stride)] = lg
+        e += GPU_THREADS
     red[unsafe_offset=tid] = vmax
     barrier()
     var s = GPU_THREADS // 2
@@ -368,7 +385,7 @@ def _mel_frames_kernel(
         barrier()
         s //= 2
     if tid == 0:
-        frame_max[unsafe_offset=t] = red[unsafe_offset=0]
+        block_max[unsafe_offset=Int(block_idx.x)] = red[unsafe_offset=0]
 
 
 def _mel_finish_kernel(
@@ -377,15 +394,16 @@ def _mel_finish_kernel(
     out_col_stride: Int64,
     n_mels: Int64,
     n_frames: Int64,
-    frame_max: F32Any,
+    block_max: F32Any,
+    n_blocks: Int64,
 ):
     var red = stack_allocation[GPU_THREADS, Float32, address_space=AddressSpace.SHARED]()
     var tid = Int(thread_idx.x)
     var nf = Int(n_frames)
     var vmax = Float32(-1.0e30)
     var i = tid
-    while i < nf:
-        vmax = max(vmax, frame_max[unsafe_offset=i])
+    while i < Int(n_blocks):
+        vmax = max(vmax, block_max[unsafe_offset=i])
         i += GPU_THREADS
     red[unsafe_offset=tid] = vmax
     barrier()
@@ -423,19 +441,20 @@ def _log_mel_gpu(
 ) raises:
     if n_frames <= 0 or n_mels <= 0:
         return
-    var scratch = ctx.enqueue_create_buffer[DType.float32](n_frames)
+    var n_blocks = (n_frames + GFB - 1) // GFB
+    var scratch = ctx.enqueue_create_buffer[DType.float32](n_blocks)
     var fm = scratch.unsafe_ptr().unsafe_origin_cast[MutAnyOrigin]()
     ctx.enqueue_function[_mel_frames_kernel](
         audio, Int64(audio_stride), Int64(n_samples), filt,
         Int64(filt_row_stride), Int64(filt_col_stride), Int64(n_mels), dst,
-        Int64(out_row_stride), Int64(out_col_stride), fm,
-        grid_dim=n_frames, block_dim=GPU_THREADS,
+        Int64(out_row_stride), Int64(out_col_stride), Int64(n_frames), fm,
+        grid_dim=n_blocks, block_dim=GPU_THREADS,
     )
     var total = n_mels * n_frames
     var blocks = min((total + GPU_THREADS - 1) // GPU_THREADS, 1024)
     ctx.enqueue_function[_mel_finish_kernel](
         dst, Int64(out_row_stride), Int64(out_col_stride), Int64(n_mels),
-        Int64(n_frames), fm,
+        Int64(n_frames), fm, Int64(n_blocks),
         grid_dim=blocks, block_dim=GPU_THREADS,
     )
     _ = scratch^

@@ -154,7 +154,8 @@ class ApplyTimestampRules(LogitFilter):
 
 
 def pick_rules(filters: list[LogitFilter], tokens: np.ndarray, sot_index: int, tokenizer: Tokenizer) -> np.ndarray:
-    """The filters' per-row data for the decoder graph's in-graph pick (graph.PICK_RULES columns)."""
+    """The filters' per-row data for the decoder graph's in-graph pick (graph.PICK_RULES columns). ``sot_index``
+    indexes the tokens of this call: the prompt's SOT position on the first call, 0 on later ones (t = 1)."""
     rules = np.zeros((tokens.shape[0], 12), dtype=np.int64)
     for k in range(tokens.shape[0]):
         ivs = [iv for f in filters for iv in f.intervals(tokens[k])]
@@ -383,7 +384,7 @@ def decode_window(model, tokenizer: Tokenizer, mel_window: np.ndarray, options: 
         # the compiled decoder applies the same filters and picks the token itself: no logits reach the host
         suppress_all = tuple(sorted({i for f in filters for i in f.suppress}))
         for i in range(sample_len):
-            rules = pick_rules(filters, tokens, sot_index, tokenizer)
+            rules = pick_rules(filters, tokens, sot_index if i == 0 else 0, tokenizer)  # the SOT row: prompt only
             next_ids, logprob, nospeech, cache, feed = model.greedy_step(feed, audio, cache, rules, suppress_all)
             if i == 0:
                 no_speech_prob = float(np.exp(nospeech[0]))
