@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import mwc
+from conftest import ROOT, mwc
 
 from compiler.runtime import decoding, writers
 from compiler.runtime.audio import N_FRAMES
@@ -239,3 +239,15 @@ def test_cli_writes_outputs_and_reports_bad_files(tiny_en_artifact, data, tmp_pa
     assert [p.name for p in (tmp_path / "srt").iterdir()] == ["jfk.srt"]
     r = mwc("transcribe", str(tiny_en_artifact), str(good), "--output-format", "srt")  # no -o: a usage error
     assert r.returncode == 2 and "-o" in r.stderr
+
+
+def test_bench_cli(tiny_en_artifact):
+    """`mwc bench` runs its workloads on the artifact (timings are not checked here: benchmarks live in bench)."""
+    r = mwc("bench", str(tiny_en_artifact), str(ROOT / "examples" / "jfk.flac"), "-w", "MEL", "-w", "W30",
+            "-w", "LF", "--tokens", "5", "--repeat", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = {row["workload"]: row for row in map(json.loads, r.stdout.splitlines())}
+    assert set(rows) == {"MEL", "W30", "LF"}
+    assert rows["W30"]["detail"]["tokens"] == 5 and rows["W30"]["detail"]["step_ms"] > 0
+    assert rows["MEL"]["detail"]["mel_ms_device"] > 0
+    assert "ask not what your country can do for you" in rows["LF"]["texts"][0]
