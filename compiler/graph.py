@@ -24,7 +24,7 @@ from max.dtype import DType
 from max.graph import BufferType, DeviceRef, Graph, Module, TensorType, TensorValue, Weight, ops
 
 from .checkpoint import ModelDimensions
-from .precision import PrecisionPlan
+from .precision import PrecisionPlan, quant_axis, quantized_weight
 
 ATTENTION_IMPLS = ("mojo", "max")
 # columns of the decoder's ``rules`` input (batch, 12) int64: four token-id intervals [lo, hi) masked to -inf, then
@@ -49,6 +49,7 @@ class WhisperGraphs:
         # MAX 26.7's GPU conv2d is a naive kernel (27 ms for conv1 of one tiny.en window on an H200): on the GPU the
         # k=3 convolutions run as im2col + matmul instead
         self.conv_impl = "conv2d" if device == DeviceRef.CPU() else "matmul"
+        self.conv_dtype = _dtype(plan.conv)  # fp32 for bf16 on the CPU: see precision.plan_for
         self.graph: Graph | None = None
 
     def extensions(self, ops_dir: Path, causal: bool = False) -> list[Path]:
@@ -57,7 +58,19 @@ class WhisperGraphs:
     # --- helpers -------------------------------------------------------------------------------------------------
     def w(self, name: str, shape: tuple[int, ...], dtype: DType | None = None) -> TensorValue:
         assert self.graph is not None
+        if self.plan.quantized == "int8" and quantized_weight(name, shape):
+            return self.dequantized(name, shape)
         return self.graph.add_weight(Weight(name, dtype or self.wdtype, shape, self.device))
+
+    def dequantized(self, name: str, shape: tuple[int, ...]) -> TensorValue:
+        """int8 weight × its per-output-channel fp32 scale, in the plan's weight dtype (int8 plan: weight-only)."""
+        assert self.graph is not None
+        q = self.graph.add_weight(Weight(name, DType.int8, shape, self.device))
+        axis = quant_axis(name, len(shape))
+        scale = self.graph.add_weight(Weight(name + ".scale", DType.float32, (shape[axis],), self.device))
+        if axis != len(shape) - 1:
+            scale = ops.reshape(scale, [shape[axis]] + [1] * (len(shape) - 1 - axis))
+        return self.cast(ops.cast(q, DType.float32) * scale, self.wdtype)
 
     def cast(self, x: TensorValue, dtype: DType) -> TensorValue:
         return x if x.dtype == dtype else ops.cast(x, dtype)
@@ -104,8 +117,9 @@ class WhisperGraphs:
 
     def conv3(self, x: TensorValue, name: str, n_in: int, n_out: int, stride: int) -> TensorValue:
         """openai's Conv1d(k=3, padding=1, stride) + GELU on time-major (B, T, n_in) → (B, T', n_out)."""
-        w = self.wt(name + ".weight", (1, 3, n_in, n_out), self.act)
-        b = self.wt(name + ".bias", (n_out,), self.act)
+        w = self.wt(name + ".weight", (1, 3, n_in, n_out), self.conv_dtype)
+        b = self.wt(name + ".bias", (n_out,), self.conv_dtype)
+        x = self.cast(x, self.conv_dtype)
         if self.conv_impl == "conv2d":  # (B, 1, T, C) NHWC with RSCF filters
             y = ops.conv2d(ops.unsqueeze(x, 1), w, stride=(1, stride), padding=(0, 0, 1, 1), bias=b)
             return ops.gelu(ops.squeeze(y, 1))

@@ -17,7 +17,8 @@ from .runtime.model import to_numpy
 # fp16 keeps 11 significant bits, bf16 8; the residual stream and the statistics stay fp32 in both plans.
 TOLERANCES = {"fp32": {"mel_abs": 1e-4, "encoder_rel": 1e-3, "logits_rel": 1e-3},
               "fp16": {"mel_abs": 1e-4, "encoder_rel": 2e-2, "logits_rel": 2e-2},
-              "bf16": {"mel_abs": 1e-4, "encoder_rel": 1e-1, "logits_rel": 1e-1}}
+              "bf16": {"mel_abs": 1e-4, "encoder_rel": 1e-1, "logits_rel": 1e-1},
+              "int8": {"mel_abs": 1e-4, "encoder_rel": 1e-1, "logits_rel": 1e-1}}
 # MAX 26.7 runs fp32 matmuls on NVIDIA GPUs through cuBLAS's TF32 kernels (10-bit mantissa inputs): a plain fp32
 # matmul is off by ~8e-4 relative there, so fp32 GPU artifacts get fp16-like bounds (measured on an H200: encoder
 # 2.0e-3, cross K/V 3.2e-3, logits 1.8e-3 with identical JFK tokens).

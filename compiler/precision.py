@@ -5,6 +5,11 @@ sensitive parts in float32: the residual stream, layer-norm statistics, the soft
 accumulates in fp32 whatever its inputs), the mel spectrogram and its log; weights, matmul inputs and the KV cache
 take the reduced dtype. The final vocabulary projection reads the tied embedding in the weights' dtype (an fp32 copy
 would double its memory) and returns fp32 logits.
+
+The int8 plan is weight-only quantization: every projection weight (the fused attention projections, the MLPs,
+the two convolutions and the tied token embedding, which is also the logits projection) is stored as int8 with one
+float32 scale per output channel (symmetric, scale = max|w| / 127); the graph dequantizes each one to the matmul
+dtype right before its matmul (or gather). Everything else (biases, norms, positions, activations) runs as fp32.
 """
 
 from __future__ import annotations
@@ -13,20 +18,22 @@ from dataclasses import asdict, dataclass
 
 from .errors import MwcError
 
-PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 
 @dataclass(frozen=True)
 class PrecisionPlan:
     name: str
     weights: str  # dtype of the stored weights
-    matmul: str  # projections, attention inputs, convolutions, GELU
+    matmul: str  # projections, attention inputs, GELU
+    conv: str  # the two input convolutions (and their GELU)
     residual: str  # the residual stream between blocks
     layer_norm: str  # normalization statistics
     softmax: str  # attention softmax accumulation
     kv_cache: str  # self-attention cache and cross-attention K/V
     logits: str  # the vocabulary projection's inputs (its output is always float32)
     mel: str
+    quantized: str = "none"  # "int8": projection weights stored int8 + per-output-channel fp32 scales
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -35,6 +42,28 @@ class PrecisionPlan:
 def plan_for(precision: str, device: str) -> PrecisionPlan:
     if precision not in PRECISIONS:
         raise MwcError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision == "int8":
+        f = "float32"
+        return PrecisionPlan(name="int8", weights=f, matmul=f, conv=f, residual=f, layer_norm=f, softmax=f, kv_cache=f,
+                             logits=f, mel=f, quantized="int8")
     low = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[precision]
-    return PrecisionPlan(name=precision, weights=low, matmul=low, residual="float32", layer_norm="float32",
+    # MAX 26.7's CPU conv2d accumulates bf16 in bf16: tiny.en's encoder came out 1.2 relative off the reference.
+    # Measured on tiny.en's two convolutions (tests/probe_bf16_conv.py): bf16 conv2d 2.5e-1 relative, bf16 im2col +
+    # matmul 2.5e-1 too, fp32 conv2d on the bf16 weights 2.8e-6. So on the CPU the bf16 plan runs the two
+    # convolutions in fp32 on its bf16 weights; everything else stays bf16 (tests/probe_bf16_cpu.py: MAX's CPU bf16
+    # projections, GELU, layer norm and the Mojo attention op are within bf16 rounding).
+    conv = "float32" if precision == "bf16" and device == "cpu" else low
+    return PrecisionPlan(name=precision, weights=low, matmul=low, conv=conv, residual="float32", layer_norm="float32",
                          softmax="float32", kv_cache=low, logits=low, mel="float32")
+
+
+def quantized_weight(name: str, shape: tuple[int, ...]) -> bool:
+    """Whether the int8 plan stores this graph weight as int8: every matrix (projections, convolutions, the token
+    embedding) — not biases, norms, positional embeddings or the mel filterbank."""
+    return name.endswith(".weight") and len(shape) >= 2
+
+
+def quant_axis(name: str, ndim: int) -> int:
+    """The output-channel axis of a graph weight: (out, in) projections and the (vocab, d) embedding → 0; conv
+    filters in MAX's RSCF layout (1, 3, Cin, Cout) → the last."""
+    return ndim - 1 if ".conv" in name else 0

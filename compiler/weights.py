@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint import Checkpoint
-from .precision import PrecisionPlan
+from .precision import PrecisionPlan, quant_axis, quantized_weight
 from .runtime.mel import mel_filters
 
 
@@ -50,8 +50,25 @@ def graph_weights(ck: Checkpoint, plan: PrecisionPlan) -> dict[str, np.ndarray]:
                  "decoder.positional_embedding", "decoder.ln.weight", "decoder.ln.bias"):
         out[name] = w[name]
     dtype = np.float32 if plan.weights == "bfloat16" else np.dtype(plan.weights)  # bf16: converted when saved
-    return {k: np.ascontiguousarray(v, dtype=np.dtype(plan.mel) if k == "mel_filters" else dtype)
-            for k, v in out.items()}
+    out = {k: np.ascontiguousarray(v, dtype=np.dtype(plan.mel) if k == "mel_filters" else dtype)
+           for k, v in out.items()}
+    if plan.quantized == "int8":
+        for k in [k for k, v in out.items() if quantized_weight(k, v.shape)]:
+            out[k], out[k + ".scale"] = quantize_int8(out[k], quant_axis(k, out[k].ndim))
+    return out
+
+
+def quantize_int8(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-output-channel int8: scale = max|w| / 127 over every axis but ``axis``; q = round(w / scale).
+    An all-zero channel gets scale 1 (its q is 0 anyway)."""
+    w = np.asarray(w, np.float32)
+    other = tuple(i for i in range(w.ndim) if i != axis)
+    scale = np.abs(w).max(axis=other) / 127.0
+    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    q = np.clip(np.rint(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+    return np.ascontiguousarray(q), scale
 
 
 def to_bfloat16_bits(a: np.ndarray) -> np.ndarray:
