@@ -131,8 +131,11 @@ def graph_io(models: dict) -> dict:
 
 
 def write_artifact(ck: Checkpoint, plan: PrecisionPlan, out: Path, *, device: str, attention: str, force: bool,
-                   parity: bool = True, log: Callable[[str], None] = print) -> dict:
-    """checkpoint → weights → graphs → compiled .mef → artifact folder, written atomically."""
+                   parity: bool = True, log: Callable[[str], None] = print, calibrate: bool = True,
+                   calibration_audio: list | None = None) -> dict:
+    """checkpoint → (calibrated precision plan) → weights → graphs → compiled .mef → artifact folder, written
+    atomically. ``calibrate``: fp16/bf16 plans are checked by emulation on ``calibration_audio`` (default: the
+    parity test signal) and sensitive op classes raised to float32 where needed (compiler.calibrate)."""
     from max.driver import CPU, Accelerator, accelerator_count
     from max.engine import InferenceSession
     from max.graph import DeviceRef
@@ -151,6 +154,16 @@ def write_artifact(ck: Checkpoint, plan: PrecisionPlan, out: Path, *, device: st
     def stage(label: str):
         log(f"  {label} ...")
         return time.perf_counter()
+
+    calibration = None
+    if calibrate and plan.name in ("fp16", "bf16"):
+        from .calibrate import calibrate as choose_plan
+        from .parity import test_signal, tolerances
+
+        t = stage(f"calibrate: the {plan.name} plan, emulated on calibration audio against the float64 reference")
+        tol = tolerances({"precision": plan.to_dict(), "device": device})["logits_rel"]
+        plan, calibration = choose_plan(ck, plan, tol, calibration_audio or [test_signal()], log=log)
+        timings["calibrate_s"] = time.perf_counter() - t
 
     with atomic_folder(out, force) as tmp:
         t = stage("weights: layout and dtype for the graphs")
@@ -198,6 +211,7 @@ def write_artifact(ck: Checkpoint, plan: PrecisionPlan, out: Path, *, device: st
                        "files": sorted(p.name for p in ck.source_files)},
             "dims": ck.dims.to_dict(),
             "precision": plan.to_dict(),
+            **({"calibration": calibration} if calibration else {}),
             "device": device,
             "target": {**cpu_target(), **({"accelerator": Accelerator().architecture_name} if device == "gpu" else {})},
             "attention": attention,

@@ -33,9 +33,6 @@ def main() -> None:
 @click.option("--fp32", "precision", flag_value="fp32", default=True, help="float32 everywhere (default)")
 @click.option("--fp16", "precision", flag_value="fp16", help="float16 weights and matmuls; residual, norms, softmax and mel in fp32")
 @click.option("--bf16", "precision", flag_value="bf16", help="bfloat16 weights and matmuls; residual, norms, softmax and mel in fp32")
-@click.option("--int8", "precision", flag_value="int8",
-              help="int8 weight-only: projection weights int8 with per-output-channel scales, dequantized to fp32 "
-                   "before each matmul")
 @click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
 @click.option("--attention", type=click.Choice(["mojo", "max"]), default="mojo", show_default=True,
               help="attention kernel: the Mojo op in ops/, or MAX's matmul+softmax for non-causal attention")
@@ -43,8 +40,12 @@ def main() -> None:
               help="artifact folder (default: artifacts/NAME-PRECISION-DEVICE)")
 @click.option("--force", is_flag=True, help="replace an existing artifact folder")
 @click.option("--no-parity", is_flag=True, help="skip the compile-time parity check against the numpy reference")
+@click.option("--calibrate/--no-calibrate", default=True, show_default=True,
+              help="fp16/bf16: measure the plan by emulation on calibration audio and keep sensitive ops in fp32")
+@click.option("--calibration-audio", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="audio for --calibrate (repeatable; default: a synthetic test signal)")
 def compile_cmd(model: str, precision: str, device: str, attention: str, output: Path | None, force: bool,
-                no_parity: bool) -> None:
+                no_parity: bool, calibrate: bool, calibration_audio: tuple[Path, ...]) -> None:
     """Compile MODEL: a hub id (whisper-small, openai/whisper-large-v3), or a local Hugging Face safetensors,
     faster-whisper/CTranslate2 or optimum ONNX folder, or an openai-whisper .pt file."""
     from .artifact import model_name, write_artifact
@@ -62,8 +63,16 @@ def compile_cmd(model: str, precision: str, device: str, attention: str, output:
     if out.exists() and not force:
         raise MwcError(f"{out}: already exists; pass --force to replace it or -o to write elsewhere")
     click.echo(f"[2/2] artifact: {out}")
+    audio = None
+    if calibration_audio:
+        from .runtime.audio import AudioError, load_audio
+
+        try:
+            audio = [load_audio(a) for a in calibration_audio]
+        except AudioError as e:
+            raise MwcError(str(e)) from e
     manifest = write_artifact(ck, plan, out, device=device, attention=attention, force=force,
-                              parity=not no_parity, log=click.echo)
+                              parity=not no_parity, log=click.echo, calibrate=calibrate, calibration_audio=audio)
     size = sum(f["bytes"] for f in manifest["files"].values())
     tm = manifest["timings"]
     click.echo(f"done in {time.perf_counter() - t0:.1f} s (compile {tm['compile_s']:.1f} s): {out} "

@@ -31,6 +31,23 @@ def log_mel_spectrogram(audio: np.ndarray, n_mels: int, padding: int = 0) -> np.
     return (log_spec + 4.0) / 4.0
 
 
+def round_to(x: np.ndarray, dtype: str | None) -> np.ndarray:
+    """x rounded to ``dtype`` ("float32", "float16", "bfloat16"; None/"float64": unchanged) and back to float64:
+    how the precision emulation (compiler.calibrate) models a tensor stored or computed in that dtype."""
+    if dtype in (None, "float64"):
+        return x
+    if dtype == "float32":
+        return np.asarray(x, dtype=np.float32).astype(np.float64)
+    if dtype == "float16":
+        with np.errstate(over="ignore"):
+            return np.asarray(x, dtype=np.float16).astype(np.float64)
+    if dtype == "bfloat16":  # round to nearest even on the top 16 bits of the float32 pattern
+        bits = np.asarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+        bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).astype(np.uint32)
+        return bits.view(np.float32).astype(np.float64)
+    raise ValueError(f"round_to: unknown dtype {dtype!r}")
+
+
 def gelu(x: np.ndarray) -> np.ndarray:
     return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)).astype(np.float64))
 
@@ -50,14 +67,29 @@ def conv1d(x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: int) -> np.ndarr
 
 
 class NumpyWhisper:
-    def __init__(self, ck: Checkpoint, dtype=np.float64):
+    """openai/whisper's model in float64. With ``plan`` (a precision.PrecisionPlan) it also emulates that plan:
+    weights, matmul inputs/outputs, the residual stream, layer-norm inputs, the KV cache and the logits' inputs are
+    rounded to the plan's dtypes where the compiled graphs store or compute them (accumulation stays float64, like the
+    fp32 accumulators of the kernels; softmax stays exact, as in the Mojo attention op)."""
+
+    def __init__(self, ck: Checkpoint, dtype=np.float64, plan=None):
         self.dims = ck.dims
+        self.plan = plan
         self.w = {k: v.astype(dtype) for k, v in ck.weights.items()}
+        if plan is not None:
+            self.w = {k: round_to(v, plan.weights) for k, v in self.w.items()}
+
+    def _r(self, x, cls: str):
+        """x as the plan stores op class ``cls`` (identity without a plan)."""
+        return x if self.plan is None else round_to(x, getattr(self.plan, cls))
 
     # --- openai/whisper model.py, block by block ---
     def _linear(self, x, name, bias=True):
-        y = x @ self.w[name + ".weight"].T
-        return y + self.w[name + ".bias"] if bias else y
+        y = self._r(x, "matmul") @ self._r(self.w[name + ".weight"], "matmul").T
+        return self._r(y + self.w[name + ".bias"] if bias else y, "matmul")
+
+    def _ln(self, x, name):
+        return self._r(layer_norm(self._r(x, "layer_norm"), self.w[name + ".weight"], self.w[name + ".bias"]), "matmul")
 
     def _heads(self, x, n_head):
         b, t, d = x.shape
@@ -73,50 +105,55 @@ class NumpyWhisper:
         s = s - s.max(-1, keepdims=True)
         p = np.exp(s)
         p /= p.sum(-1, keepdims=True)
-        o = p @ v
+        o = self._r(p @ v, "matmul")
         return o.transpose(0, 2, 1, 3).reshape(o.shape[0], o.shape[2], -1)
 
     def _mlp(self, x, p):
-        return self._linear(gelu(self._linear(x, p + ".mlp.0")), p + ".mlp.2")
+        return self._linear(self._r(gelu(self._linear(x, p + ".mlp.0")), "matmul"), p + ".mlp.2")
 
     def encode(self, mel: np.ndarray) -> dict:
         """mel (B, n_mels, 3000) → audio features (B, 1500, d) plus each decoder layer's cross-attention K/V."""
-        w, d = self.w, self.dims
-        x = gelu(conv1d(mel.astype(np.float64), w["encoder.conv1.weight"], w["encoder.conv1.bias"], 1))
-        x = gelu(conv1d(x, w["encoder.conv2.weight"], w["encoder.conv2.bias"], 2)).transpose(0, 2, 1)
-        x = x + w["encoder.positional_embedding"][: x.shape[1]]
+        w, d, r = self.w, self.dims, self._r
+        cv = "conv" if self.plan is not None and hasattr(self.plan, "conv") else "matmul"
+        x = r(gelu(conv1d(r(mel.astype(np.float64), cv), r(w["encoder.conv1.weight"], cv), w["encoder.conv1.bias"],
+                          1)), cv)
+        x = r(gelu(conv1d(x, r(w["encoder.conv2.weight"], cv), w["encoder.conv2.bias"], 2)), cv).transpose(0, 2, 1)
+        x = r(r(x, "residual") + w["encoder.positional_embedding"][: x.shape[1]], "residual")
         for i in range(d.n_audio_layer):
             p = f"encoder.blocks.{i}"
-            h = layer_norm(x, w[p + ".attn_ln.weight"], w[p + ".attn_ln.bias"])
-            x = x + self._linear(self._qkv_attention(self._linear(h, p + ".attn.query"),
-                                                     self._linear(h, p + ".attn.key", bias=False),
-                                                     self._linear(h, p + ".attn.value"), d.n_audio_head),
-                                 p + ".attn.out")
-            x = x + self._mlp(layer_norm(x, w[p + ".mlp_ln.weight"], w[p + ".mlp_ln.bias"]), p)
-        xa = layer_norm(x, w["encoder.ln_post.weight"], w["encoder.ln_post.bias"])
-        cross = [(self._linear(xa, f"decoder.blocks.{i}.cross_attn.key", bias=False),
-                  self._linear(xa, f"decoder.blocks.{i}.cross_attn.value")) for i in range(d.n_text_layer)]
+            h = self._ln(x, p + ".attn_ln")
+            x = r(x + self._linear(self._qkv_attention(self._linear(h, p + ".attn.query"),
+                                                       self._linear(h, p + ".attn.key", bias=False),
+                                                       self._linear(h, p + ".attn.value"), d.n_audio_head),
+                                   p + ".attn.out"), "residual")
+            x = r(x + self._mlp(self._ln(x, p + ".mlp_ln"), p), "residual")
+        xa = self._ln(x, "encoder.ln_post")
+        cross = [(r(self._linear(xa, f"decoder.blocks.{i}.cross_attn.key", bias=False), "kv_cache"),
+                  r(self._linear(xa, f"decoder.blocks.{i}.cross_attn.value"), "kv_cache"))
+                 for i in range(d.n_text_layer)]
         return {"xa": xa, "cross": cross}
 
     def decode(self, tokens: np.ndarray, audio: dict, cache: list | None):
         """tokens (B, T) new tokens; cache: per layer (K, V) of the earlier tokens. Returns logits (B, T, V)."""
-        w, d = self.w, self.dims
+        w, d, r = self.w, self.dims, self._r
         past = 0 if cache is None else cache[0][0].shape[1]
-        x = w["decoder.token_embedding.weight"][tokens] + w["decoder.positional_embedding"][past:past + tokens.shape[1]]
+        x = r(w["decoder.token_embedding.weight"][tokens] + w["decoder.positional_embedding"][past:past + tokens.shape[1]],
+              "residual")
         new_cache = []
         for i in range(d.n_text_layer):
             p = f"decoder.blocks.{i}"
-            h = layer_norm(x, w[p + ".attn_ln.weight"], w[p + ".attn_ln.bias"])
-            k, v = self._linear(h, p + ".attn.key", bias=False), self._linear(h, p + ".attn.value")
+            h = self._ln(x, p + ".attn_ln")
+            k = r(self._linear(h, p + ".attn.key", bias=False), "kv_cache")
+            v = r(self._linear(h, p + ".attn.value"), "kv_cache")
             if cache is not None:
                 k, v = np.concatenate([cache[i][0], k], 1), np.concatenate([cache[i][1], v], 1)
             new_cache.append((k, v))
-            x = x + self._linear(self._qkv_attention(self._linear(h, p + ".attn.query"), k, v, d.n_text_head,
-                                                     causal_offset=past), p + ".attn.out")
-            h = layer_norm(x, w[p + ".cross_attn_ln.weight"], w[p + ".cross_attn_ln.bias"])
+            x = r(x + self._linear(self._qkv_attention(self._linear(h, p + ".attn.query"), k, v, d.n_text_head,
+                                                       causal_offset=past), p + ".attn.out"), "residual")
+            h = self._ln(x, p + ".cross_attn_ln")
             ck, cv = audio["cross"][i]
-            x = x + self._linear(self._qkv_attention(self._linear(h, p + ".cross_attn.query"), ck, cv,
-                                                     d.n_text_head), p + ".cross_attn.out")
-            x = x + self._mlp(layer_norm(x, w[p + ".mlp_ln.weight"], w[p + ".mlp_ln.bias"]), p)
-        x = layer_norm(x, w["decoder.ln.weight"], w["decoder.ln.bias"])
-        return x @ w["decoder.token_embedding.weight"].T, new_cache
+            x = r(x + self._linear(self._qkv_attention(self._linear(h, p + ".cross_attn.query"), ck, cv,
+                                                       d.n_text_head), p + ".cross_attn.out"), "residual")
+            x = r(x + self._mlp(self._ln(x, p + ".mlp_ln"), p), "residual")
+        x = self._ln(x, "decoder.ln")
+        return r(x, "logits") @ r(w["decoder.token_embedding.weight"], "logits").T, new_cache

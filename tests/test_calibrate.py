@@ -1,0 +1,43 @@
+"""Calibration (compiler/calibrate.py): the precision emulation rounds like the stored dtypes, and the plan search
+keeps the default plan when it is within budget and returns sensitive op classes to float32 when it is not."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from compiler.calibrate import TUNABLE, calibrate
+from compiler.parity import test_signal as chirps
+from compiler.precision import plan_for
+from compiler.reference import NumpyWhisper, round_to
+from compiler.weights import to_bfloat16_bits
+
+
+def test_round_to_matches_the_stored_dtypes():
+    x = np.random.default_rng(0).standard_normal(1000) * 100
+    np.testing.assert_array_equal(round_to(x, "float16"), x.astype(np.float16).astype(np.float64))
+    np.testing.assert_array_equal(round_to(x, "float32"), x.astype(np.float32).astype(np.float64))
+    bits = (to_bfloat16_bits(x.astype(np.float32)).astype(np.uint32) << 16).view(np.float32)
+    np.testing.assert_array_equal(round_to(x, "bfloat16"), bits.astype(np.float64))
+    assert round_to(x, None) is x
+
+
+def test_emulation_without_reduced_dtypes_is_the_reference(tiny_en_checkpoint):
+    ck = tiny_en_checkpoint
+    mel = np.random.default_rng(1).standard_normal((1, 80, 200)).astype(np.float32) * 0.3
+    tokens = np.array([[ck.tokens.sot, 440, 1029]], dtype=np.int64)
+    ref, emu = NumpyWhisper(ck), NumpyWhisper(ck, plan=plan_for("fp32", "cpu"))
+    a, b = ref.encode(mel), emu.encode(mel)
+    la, lb = ref.decode(tokens, a, None)[0], emu.decode(tokens, b, None)[0]
+    assert np.abs(la - lb).max() / np.abs(la).max() < 1e-5  # fp32 rounding only
+
+
+def test_plan_search(tiny_en_checkpoint):
+    audio = [chirps(1.0)]
+    default = plan_for("fp16", "cpu")
+    kept, report = calibrate(tiny_en_checkpoint, default, 2e-2, audio, log=lambda _: None, frames=200, n_tokens=4)
+    assert kept == default and report["met_budget"] and len(report["candidates"]) == 1
+    err = report["candidates"][0]["logits_max_rel"]
+    assert 1e-5 < err < 5e-3  # fp16 rounding, far from the budget
+    raised, report = calibrate(tiny_en_checkpoint, default, 1e-9, audio, log=lambda _: None, frames=200, n_tokens=4)
+    assert all(getattr(raised, c) == "float32" for c in TUNABLE) and not report["met_budget"]
+    assert raised.matmul == raised.weights == "float16"  # the precision itself is never given up
