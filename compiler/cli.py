@@ -33,6 +33,9 @@ def main() -> None:
 @click.option("--fp32", "precision", flag_value="fp32", default=True, help="float32 everywhere (default)")
 @click.option("--fp16", "precision", flag_value="fp16", help="float16 weights and matmuls; residual, norms, softmax and mel in fp32")
 @click.option("--bf16", "precision", flag_value="bf16", help="bfloat16 weights and matmuls; residual, norms, softmax and mel in fp32")
+@click.option("--int8", "precision", flag_value="int8",
+              help="int8 weight-only: projection weights int8 with per-output-channel scales, dequantized to fp32 "
+                   "before each matmul")
 @click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
 @click.option("--attention", type=click.Choice(["mojo", "max"]), default="mojo", show_default=True,
               help="attention kernel: the Mojo op in ops/, or MAX's matmul+softmax for non-causal attention")
