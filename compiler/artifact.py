@@ -2,7 +2,7 @@
 
 An artifact folder:
   manifest.json         schema version, dims, precision plan, source + hash, versions, graph I/O, every file's sha256
-  model.mef             the mel, encoder and decoder graphs compiled into one MAX executable (weights not inside)
+  model.mef             the mel, encoder, decoder, kv_gather and alignment graphs compiled into one MAX executable
   weights.safetensors   weights in the names, layout and dtype the graphs bind (incl. the mel filterbank)
   vocab.json            id → token table for decoding (tokenizer.json is copied too when the checkpoint has one)
   ops.mojoc             the project's Mojo ops, precompiled (already inside model.mef; kept for rebuilding graphs)
@@ -139,7 +139,7 @@ def write_artifact(ck: Checkpoint, plan: PrecisionPlan, out: Path, *, device: st
     from max.driver import CPU, Accelerator, accelerator_count
     from max.engine import InferenceSession
     from max.graph import DeviceRef
-    from .graph import build_module
+    from .graph import build_module, default_alignment_heads
     from .loader import render_loader
     from .weights import graph_weights, save_weights
 
@@ -173,7 +173,10 @@ def write_artifact(ck: Checkpoint, plan: PrecisionPlan, out: Path, *, device: st
 
         t = stage("graph: build mel, encoder and decoder")
         graph_device = DeviceRef.GPU() if device == "gpu" else DeviceRef.CPU()
-        module = build_module(ck.dims, plan, graph_device, ops_dir, attention=attention)
+        heads = [tuple(h) for h in ck.generation.alignment_heads]
+        heads_source = "checkpoint" if heads else "default: every head of the last half of the decoder layers"
+        heads = heads or default_alignment_heads(ck.dims.n_text_layer, ck.dims.n_text_head)
+        module = build_module(ck.dims, plan, graph_device, ops_dir, attention=attention, alignment_heads=heads)
         timings["build_s"] = time.perf_counter() - t
 
         t = stage("compile: MAX graph compiler (minutes when cold; cached in ~/.cache/modular)")
@@ -220,6 +223,8 @@ def write_artifact(ck: Checkpoint, plan: PrecisionPlan, out: Path, *, device: st
                                      "a serialized graph would need a full recompile on every load"},
             "tokens": ck.tokens.to_dict(),
             "generation": ck.generation.to_dict(),
+            # the (layer, head) pairs the ``alignment`` graph returns, in order (word timestamps)
+            "alignment": {"heads": [list(h) for h in heads], "source": heads_source},
             "timings": {},
         }
         (tmp / "manifest.json").write_text(json.dumps({**manifest, "files": {}}, indent=2))

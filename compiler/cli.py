@@ -215,11 +215,22 @@ def _temperatures(temperature: float, increment: float | None) -> tuple[float, .
               show_default=True, metavar="FLOAT|None",
               help="skip windows whose log-mel stays below this (digital silence, dither) without decoding; "
                    "None: decode them as openai-whisper does")
+@click.option("--beam-size", type=click.IntRange(min=1), default=None,
+              help="beam search with this many beams at temperature 0 (openai-whisper's CLI uses 5; default: greedy)")
+@click.option("--best-of", type=click.IntRange(min=1), default=None,
+              help="sample this many candidates at each fallback temperature > 0 and keep the likeliest")
+@click.option("--patience", type=float, default=None,
+              help="beam search: finish after beam_size * patience candidates (default 1.0; needs --beam-size)")
+@click.option("--length-penalty", type=float, default=None,
+              help="rank candidates by log-prob / ((5 + length) / 6) ** ALPHA (0..1; default: / length)")
+@click.option("--word-timestamps", is_flag=True,
+              help="word-level timestamps from the alignment heads' cross-attention (json gets 'words')")
 def transcribe(artifact: Path, audio: tuple[Path, ...], language: str | None, without_timestamps: bool,
                output_dir: Path | None, output_format: str | None, temperature: float, increment: float | None,
                compression_ratio_threshold: float | None, logprob_threshold: float | None,
                no_speech_threshold: float | None, condition_on_previous_text: bool, seed: int,
-               silence_mel_threshold: float | None) -> None:
+               silence_mel_threshold: float | None, beam_size: int | None, best_of: int | None,
+               patience: float | None, length_penalty: float | None, word_timestamps: bool) -> None:
     """Transcribe AUDIO files with a compiled ARTIFACT; print the text and, with -o DIR, write transcript files."""
     from .runtime.audio import AudioError
     from .runtime.model import ArtifactError, Whisper
@@ -229,6 +240,12 @@ def transcribe(artifact: Path, audio: tuple[Path, ...], language: str | None, wi
         raise click.UsageError("--output-format needs -o DIR (the folder to write the files into)")
     if temperature < 0:
         raise click.UsageError("--temperature must not be negative")
+    if patience is not None and beam_size is None:
+        raise click.UsageError("--patience needs --beam-size")
+    if patience is not None and patience <= 0:
+        raise click.UsageError("--patience must be positive")
+    if length_penalty is not None and not 0 <= length_penalty <= 1:
+        raise click.UsageError("--length-penalty must be between 0 and 1")
     if output_dir is not None:
         if output_dir.exists() and not output_dir.is_dir():
             raise MwcError(f"{output_dir}: exists and is not a folder; pass another -o")
@@ -237,10 +254,14 @@ def transcribe(artifact: Path, audio: tuple[Path, ...], language: str | None, wi
         model = Whisper(artifact)
     except ArtifactError as e:
         raise MwcError(str(e)) from e
+    if word_timestamps and "alignment" not in model.models:
+        raise MwcError(f"{artifact}: compiled without the alignment graph word timestamps need; recompile it with "
+                       "this mwc (mwc compile ... --force)")
     kwargs = dict(temperature=_temperatures(temperature, increment),
                   compression_ratio_threshold=compression_ratio_threshold, logprob_threshold=logprob_threshold,
                   no_speech_threshold=no_speech_threshold, condition_on_previous_text=condition_on_previous_text,
-                  seed=seed, silence_mel_threshold=silence_mel_threshold)
+                  seed=seed, silence_mel_threshold=silence_mel_threshold, beam_size=beam_size, best_of=best_of,
+                  patience=patience, length_penalty=length_penalty, word_timestamps=word_timestamps)
     failed = 0
     for path in audio:
         t = time.perf_counter()

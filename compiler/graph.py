@@ -308,12 +308,86 @@ class WhisperGraphs:
             g.output(*self.pick(logits, bias, rules))
 
 
+def default_alignment_heads(n_text_layer: int, n_text_head: int) -> list[tuple[int, int]]:
+    """openai's default when a checkpoint names none: every head of the last half of the decoder layers."""
+    return [(layer, head) for layer in range(n_text_layer // 2, n_text_layer) for head in range(n_text_head)]
+
+
+class AuxGraphs(WhisperGraphs):
+    """The graphs beyond mel/encoder/decoder: ``kv_gather`` (beam search) and ``alignment`` (word timestamps)."""
+
+    def build_kv_gather(self, module: Module) -> None:
+        """``kv_gather``: K and V (layers, batch, heads, len, 64) + row ids (n,) → both with rows ``ids`` (layers, n,
+        heads, len, 64). Beam search repeats the cross K/V and the prompt's cache to the beams with it and reorders
+        the self-attention cache by the beams kept each step, on the graphs' device (no host copies on a GPU)."""
+        d = self.dims
+        kv = _dtype(self.plan.kv_cache)
+        t = TensorType(kv, [d.n_text_layer, "batch", d.n_text_head, "len", d.n_text_state // d.n_text_head],
+                       self.device)
+        with Graph("kv_gather", input_types=[t, t, TensorType(DType.int64, ["n"], self.device)], module=module) as g:
+            self.graph = g
+            k, v, ids = (x.tensor for x in g.inputs)
+            g.output(ops.gather(k, ids, axis=1), ops.gather(v, ids, axis=1))
+
+    def build_alignment(self, module: Module, ops_dir: Path, heads: list[tuple[int, int]]) -> None:
+        """``alignment``: tokens (1, t) + cross K/V → logits (1, t, vocab) and the alignment heads' cross-attention
+        scores q·k/sqrt(64) before the softmax (len(heads), t, n_audio), as openai's timing.find_alignment reads them
+        from its hooks (it truncates to the audio's frames, then takes the softmax itself).
+
+        The decoder's forward pass with no cache (the whole sequence at once, causal self-attention), block by block
+        as ``build_decoder``; only the heads named at compile time are returned."""
+        d, n = self.dims, self.dims.n_text_state
+        dh = n // d.n_text_head
+        kv = _dtype(self.plan.kv_cache)
+        cross_t = TensorType(kv, [d.n_text_layer, 1, d.n_text_head, "n_audio", dh], self.device)
+        types = [TensorType(DType.int64, [1, "t"], self.device), cross_t, cross_t]
+        with Graph("alignment", input_types=types, module=module,
+                   custom_extensions=self.extensions(ops_dir, causal=True)) as g:
+            self.graph = g
+            tokens, cross_k, cross_v = (v.tensor for v in g.inputs)
+            t = tokens.shape[1]
+            emb = self.w("decoder.token_embedding.weight", (d.n_vocab, n))
+            pos = self.w("decoder.positional_embedding", (d.n_text_ctx, n))
+            x = self.cast(ops.gather(emb, tokens, axis=0), self.res)
+            x = x + self.cast(ops.slice_tensor(pos, [(slice(0, ops.shape_to_tensor([t]).reshape([])), t)]), self.res)
+            scores: dict[tuple[int, int], TensorValue] = {}
+            for i in range(d.n_text_layer):
+                p = f"decoder.blocks.{i}"
+                h = self.layer_norm(x, p + ".attn_ln", n)
+                q, k, v = ops.split(self.linear(h, p + ".attn.qkv", 3 * n, n), [n, n, n], axis=-1)
+                a = self.attention(self.heads(q, d.n_text_head), self.heads(k, d.n_text_head),
+                                   self.heads(v, d.n_text_head), causal=True)
+                x = x + self.cast(self.linear(self.merge(a), p + ".attn.out", n, n), self.res)
+                h = self.layer_norm(x, p + ".cross_attn_ln", n)
+                q = self.heads(self.linear(h, p + ".cross_attn.query", n, n), d.n_text_head)
+                ck, cv = self.cast(cross_k[i], self.act), self.cast(cross_v[i], self.act)
+                wanted = [hd for (layer, hd) in heads if layer == i]
+                if wanted:
+                    qk = (self.cast(q, DType.float32) @ ops.permute(self.cast(ck, DType.float32), [0, 1, 3, 2])) * (
+                        1.0 / float(dh) ** 0.5)  # (1, H, t, n_audio)
+                    for hd in wanted:
+                        scores[(i, hd)] = qk[0, hd]
+                x = x + self.cast(self.linear(self.merge(self.attention(q, ck, cv)), p + ".cross_attn.out", n, n),
+                                  self.res)
+                x = x + self.cast(self.mlp(self.layer_norm(x, p + ".mlp_ln", n), p, n), self.res)
+            x = self.layer_norm(x, "decoder.ln", n)
+            lg = _dtype(self.plan.logits)
+            logits = self.cast(self.cast(x, lg) @ self.cast(emb, lg).T, DType.float32)
+            g.output(logits, ops.stack([scores[(layer, hd)] for layer, hd in heads]))
+
+
 def build_module(dims: ModelDimensions, plan: PrecisionPlan, device: DeviceRef, ops_dir: Path,
-                 attention: str = "mojo") -> Module:
+                 attention: str = "mojo", alignment_heads: list[tuple[int, int]] | None = None) -> Module:
+    """The artifact's graphs. ``alignment_heads`` (layer, head) pairs: the checkpoint's, else openai's default."""
     module = Module()
     b = WhisperGraphs(dims, plan, device, attention)
     b.build_mel(module, ops_dir)
     b.build_encoder(module, ops_dir)
     b.build_decoder(module, ops_dir)
     b.build_step(module, ops_dir)
+    aux = AuxGraphs(dims, plan, device, attention)
+    aux.build_kv_gather(module)
+    heads = [tuple(h) for h in alignment_heads] if alignment_heads else default_alignment_heads(
+        dims.n_text_layer, dims.n_text_head)
+    aux.build_alignment(module, ops_dir, heads)
     return module

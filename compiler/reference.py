@@ -78,6 +78,9 @@ class NumpyWhisper:
         self.w = {k: v.astype(dtype) for k, v in ck.weights.items()}
         if plan is not None:
             self.w = {k: round_to(v, plan.weights) for k, v in self.w.items()}
+        d = ck.dims
+        self.alignment_heads = [tuple(h) for h in ck.generation.alignment_heads] or [
+            (layer, head) for layer in range(d.n_text_layer // 2, d.n_text_layer) for head in range(d.n_text_head)]
 
     def _r(self, x, cls: str):
         """x as the plan stores op class ``cls`` (identity without a plan)."""
@@ -95,10 +98,12 @@ class NumpyWhisper:
         b, t, d = x.shape
         return x.reshape(b, t, n_head, d // n_head).transpose(0, 2, 1, 3)
 
-    def _qkv_attention(self, q, k, v, n_head, causal_offset=None):
+    def _qkv_attention(self, q, k, v, n_head, causal_offset=None, scores=None):
         dh = q.shape[-1] // n_head
         q, k, v = self._heads(q, n_head), self._heads(k, n_head), self._heads(v, n_head)
         s = q @ k.transpose(0, 1, 3, 2) / math.sqrt(dh)
+        if scores is not None:  # openai's qk, before the softmax (timing.find_alignment's hooks)
+            scores.append(s)
         if causal_offset is not None:
             tq, tk = s.shape[-2:]
             s = np.where(np.arange(tk)[None, :] <= np.arange(tq)[:, None] + causal_offset, s, -np.inf)
@@ -133,8 +138,9 @@ class NumpyWhisper:
                  for i in range(d.n_text_layer)]
         return {"xa": xa, "cross": cross}
 
-    def decode(self, tokens: np.ndarray, audio: dict, cache: list | None):
-        """tokens (B, T) new tokens; cache: per layer (K, V) of the earlier tokens. Returns logits (B, T, V)."""
+    def decode(self, tokens: np.ndarray, audio: dict, cache: list | None, scores: list | None = None):
+        """tokens (B, T) new tokens; cache: per layer (K, V) of the earlier tokens. Returns logits (B, T, V).
+        ``scores``: a list that gets each layer's cross-attention scores (B, H, T, n_audio) before the softmax."""
         w, d, r = self.w, self.dims, self._r
         past = 0 if cache is None else cache[0][0].shape[1]
         x = r(w["decoder.token_embedding.weight"][tokens] + w["decoder.positional_embedding"][past:past + tokens.shape[1]],
@@ -153,7 +159,22 @@ class NumpyWhisper:
             h = self._ln(x, p + ".cross_attn_ln")
             ck, cv = audio["cross"][i]
             x = r(x + self._linear(self._qkv_attention(self._linear(h, p + ".cross_attn.query"), ck, cv,
-                                                       d.n_text_head), p + ".cross_attn.out"), "residual")
+                                                       d.n_text_head, scores=scores), p + ".cross_attn.out"),
+                  "residual")
             x = r(x + self._mlp(self._ln(x, p + ".mlp_ln"), p), "residual")
         x = self._ln(x, "decoder.ln")
         return r(x, "logits") @ r(w["decoder.token_embedding.weight"], "logits").T, new_cache
+
+    # --- beam search and word timestamps: the compiled model's interface (runtime.model.Whisper) ---
+    def repeat_audio(self, audio: dict, n: int) -> dict:
+        return {"cross": [(np.repeat(k, n, axis=0), np.repeat(v, n, axis=0)) for k, v in audio["cross"]]}
+
+    def reorder_cache(self, cache: list, ids) -> list:
+        ids = np.asarray(ids, dtype=np.int64)
+        return [(k[ids], v[ids]) for k, v in cache]
+
+    def align(self, tokens, audio: dict):
+        """Logits (T, V) and the alignment heads' cross-attention scores (heads, T, n_audio) for one sequence."""
+        scores: list = []
+        logits, _ = self.decode(np.asarray(tokens, dtype=np.int64).reshape(1, -1), audio, None, scores=scores)
+        return logits[0], np.stack([scores[layer][0, head] for layer, head in self.alignment_heads])

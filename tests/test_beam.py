@@ -145,3 +145,28 @@ def test_fallback_gives_beams_to_t0_and_best_of_to_t_above():
     transcribe(Recording(), tokenizer(), mel, DecodingOptions(without_timestamps=True, beam_size=3, best_of=4),
                list(range(EOT + 1, N_VOCAB)), temperature=(0.0, 0.5), logprob_threshold=0.0)  # every window fails
     assert 3 in seen and 4 in seen  # beam 3 at t=0, then 4 samples at t=0.5
+
+
+# --- the compiled tiny.en artifact -------------------------------------------------------------------------------
+
+def test_beam_on_tiny_en_matches_reference_and_openai(tiny_en_model, tiny_en_checkpoint, data):
+    """Beam 5 on JFK: the compiled artifact's tokens equal the numpy float64 reference running the same beam code
+    (the KV cache reordered by the kv_gather graph vs numpy indexing), and the text equals openai-whisper's beam 5
+    (tests/data/openai_tiny.en_jfk_words.json), which differs from greedy (it adds the punctuation)."""
+    import json
+    from pathlib import Path
+
+    from compiler.reference import NumpyWhisper
+    from compiler.runtime.audio import load_audio
+
+    golden = json.loads((Path(__file__).parent / "data" / "openai_tiny.en_jfk_words.json").read_text())
+    m = tiny_en_model
+    mel = m.log_mel(load_audio(str(data / "short" / "jfk.flac")))
+    options = DecodingOptions(beam_size=5)
+    ours = transcribe(m, m.tokenizer, mel, options, m.suppress, temperature=0.0)
+    assert ours["text"] == golden["beam5_text"].strip() != golden["text"].strip()
+    ref = transcribe(NumpyWhisper(tiny_en_checkpoint), m.tokenizer, mel, options, m.suppress, temperature=0.0)
+    assert [w.tokens for w in ours["windows"]] == [w.tokens for w in ref["windows"]]
+    assert abs(ours["windows"][0].avg_logprob - ref["windows"][0].avg_logprob) < 1e-3
+    via_api = m.transcribe(str(data / "short" / "jfk.flac"), beam_size=5, temperature=0.0)
+    assert via_api["text"] == ours["text"]

@@ -237,17 +237,54 @@ class Whisper:
         model.replay(batch, *inputs)
         return outs
 
+    # --- beam search (kv_gather graph) and word timestamps (alignment graph) ---
+    def _gather(self, k, v, ids):
+        """Rows ``ids`` of a (layers, batch, heads, len, 64) K/V pair, on the graphs' device."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if "kv_gather" in self.models:
+            k, v = self.models["kv_gather"].execute(k, v, self._in(ids))
+            return k, v
+        return tuple(self._in(np.ascontiguousarray(np.take(to_numpy(x), ids, axis=1))) for x in (k, v))
+
+    def repeat_audio(self, audio: dict, n: int) -> dict:
+        """A window's cross-attention K/V repeated to batch ``n`` (the beams or best_of samples)."""
+        k, v = self._gather(audio["cross_k"], audio["cross_v"], [0] * n)
+        return {"cross_k": k, "cross_v": v}
+
+    def reorder_cache(self, cache, ids):
+        """The self-attention cache with its rows taken from ``ids`` (the source beam of each kept beam)."""
+        return self._gather(cache[0], cache[1], ids)
+
+    @property
+    def alignment_heads(self) -> list[tuple[int, int]]:
+        return [tuple(h) for h in self.manifest.get("alignment", {}).get("heads", [])]
+
+    def align(self, tokens, audio: dict):
+        """Logits (t, vocab) and the alignment heads' cross-attention scores (heads, t, n_audio) for one token
+        sequence decoded whole (timing.find_alignment)."""
+        if "alignment" not in self.models:
+            raise ArtifactError(f"{self.folder}: this artifact has no alignment graph (word timestamps); recompile "
+                                "it with this mwc")
+        tokens = np.ascontiguousarray(np.asarray(tokens, dtype=np.int64).reshape(1, -1))
+        logits, qk = self.models["alignment"].execute(self._in(tokens), audio["cross_k"], audio["cross_v"])
+        return to_numpy(logits)[0], to_numpy(qk)
+
     # --- the whole job ---
     def transcribe(self, audio, language: str | None = None, task: str = "transcribe",
-                   without_timestamps: bool = False, **kwargs) -> dict:
+                   without_timestamps: bool = False, beam_size: int | None = None, best_of: int | None = None,
+                   patience: float | None = None, length_penalty: float | None = None, **kwargs) -> dict:
         """Transcribe a path or a 16 kHz mono float32 array; returns text, segments and per-window tokens.
 
-        ``kwargs`` go to ``decoding.transcribe`` as in openai's transcribe(): temperature (a number or a tuple for
-        fallback), compression_ratio_threshold, logprob_threshold, no_speech_threshold,
-        condition_on_previous_text, seed."""
+        ``beam_size`` (temperature 0) and ``best_of`` (temperatures above 0), ``patience`` and ``length_penalty``
+        are openai's decoding options. ``kwargs`` go to ``decoding.transcribe`` as in openai's transcribe():
+        temperature (a number or a tuple for fallback), compression_ratio_threshold, logprob_threshold,
+        no_speech_threshold, condition_on_previous_text, seed, word_timestamps, prepend_punctuations,
+        append_punctuations."""
         if not isinstance(audio, np.ndarray):
             audio = load_audio(audio)
-        options = DecodingOptions(language=language, task=task, without_timestamps=without_timestamps)
+        options = DecodingOptions(language=language, task=task, without_timestamps=without_timestamps,
+                                  beam_size=beam_size, best_of=best_of, patience=patience,
+                                  length_penalty=length_penalty)
         return transcribe(self, self.tokenizer, self.log_mel(audio), options, self.suppress,
                           n_text_ctx=self.dims["n_text_ctx"], n_audio_ctx=self.dims["n_audio_ctx"], **kwargs)
 
