@@ -60,7 +60,7 @@ def test_bf16_artifact(tiny_en_dir, tmp_path_factory):
     r = mwc("compile", str(tiny_en_dir), "--bf16", "-o", str(out))
     assert r.returncode == 0, r.stdout + r.stderr
     plan = json.loads((out / "manifest.json").read_text())["precision"]
-    assert plan["name"] == "bf16" and plan["weights"] == plan["matmul"] == plan["kv_cache"] == "bfloat16"
+    assert plan["name"] == "bf16" and plan["weights"] == plan["matmul"] == "bfloat16"  # calibration may raise others
     assert plan["conv"] == "float32"
     with open(out / "weights.safetensors", "rb") as f:
         header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
