@@ -41,3 +41,15 @@ def test_plan_search(tiny_en_checkpoint):
     raised, report = calibrate(tiny_en_checkpoint, default, 1e-9, audio, log=lambda _: None, frames=200, n_tokens=4)
     assert all(getattr(raised, c) == "float32" for c in TUNABLE) and not report["met_budget"]
     assert raised.matmul == raised.weights == "float16"  # the precision itself is never given up
+
+
+def test_encoder_bound_scales_with_the_emulated_error():
+    from compiler.parity import TOLERANCES, tolerances
+
+    m = {"precision": {"name": "fp16"}, "device": "gpu"}
+    assert tolerances(m) == TOLERANCES["fp16"]
+    m["calibration"] = {"expected": {"encoder_max_rel": 1.5e-2, "cross_kv_max_rel": 1.9e-2, "logits_max_rel": 1e-3}}
+    tol = tolerances(m)
+    assert abs(tol["encoder_rel"] - 5.7e-2) < 1e-9 and tol["logits_rel"] == TOLERANCES["fp16"]["logits_rel"]
+    m["calibration"]["expected"].update(encoder_max_rel=1e-4, cross_kv_max_rel=1e-4)
+    assert tolerances(m)["encoder_rel"] == TOLERANCES["fp16"]["encoder_rel"]  # never tighter than the table
