@@ -78,6 +78,7 @@ def test_join_split_model_bin(tmp_path):
         join_split_ct2([a, b], tmp_path / "again")
 
 
+@pytest.mark.slow
 def test_base_language_and_transcripts(base_model, data):
     ref = {}
     for line in (data / "reference" / "openai-base-greedy.jsonl").read_text().splitlines():

@@ -7,6 +7,7 @@ import json
 import struct
 
 import numpy as np
+import pytest
 
 from conftest import ROOT, mwc
 from test_artifact import JFK, normalize
@@ -33,6 +34,7 @@ def test_quantize_int8_per_output_channel():
     assert not quantized_weight("mel_filters", (80, 201))
 
 
+@pytest.mark.slow
 def test_int8_artifact(tiny_en_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("int8") / "tiny.en-int8"
     r = mwc("compile", str(tiny_en_dir), "--int8", "-o", str(out))

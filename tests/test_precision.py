@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import struct
 
+import pytest
 from conftest import ROOT, mwc
 from test_artifact import JFK, normalize
 
@@ -52,6 +53,7 @@ def test_bf16_weights_file_reads_back_in_max(tmp_path):
         np.testing.assert_array_equal(got[k].view(DType.uint16).to_numpy(), to_bfloat16_bits(a))
 
 
+@pytest.mark.slow
 def test_bf16_artifact(tiny_en_dir, tmp_path_factory):
     """bf16 on the CPU passes its own parity gate. MAX 26.7's CPU conv2d accumulates bf16 in bf16 (1.2 relative
     error on tiny.en's encoder; tests/probe_bf16_conv.py isolates it), so the CPU bf16 plan runs the two
