@@ -25,7 +25,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from compiler.checkpoint import Checkpoint, SpecialTokens, languages_for_vocab  # noqa: E402
-from compiler.readers.hf import _LAYER, _TOP  # noqa: E402
+from helpers import hf_name  # noqa: E402  (tests/helpers.py: openai → transformers names)
 
 # true shapes of the official checkpoints (openai/whisper's ModelDimensions field order)
 SIZES = {
@@ -46,20 +46,6 @@ def canonical(source: str | Path) -> Checkpoint:
     from compiler.readers import load_checkpoint
 
     return load_checkpoint(str(source))
-
-
-def hf_name(name: str) -> str:
-    """openai/whisper name → transformers name (inverse of compiler.readers.hf.openai_name)."""
-    parts = name.split(".")
-    if parts[1] == "blocks":
-        side, i, rest = parts[0], parts[2], ".".join(parts[3:])
-        base, kind = rest.rsplit(".", 1)
-        inv = {v: k for k, v in _LAYER.items()}
-        return f"model.{side}.layers.{i}.{inv[base]}.{kind}"
-    for src, dst in _TOP.items():
-        if name == dst or name.startswith(dst + "."):
-            return "model." + src + name[len(dst):]
-    raise KeyError(name)
 
 
 # --- openai-whisper ---------------------------------------------------------------------------------------------
