@@ -139,7 +139,7 @@ def write_artifact(ck: Checkpoint, plan: PrecisionPlan, out: Path, *, device: st
     from max.driver import CPU, Accelerator, accelerator_count
     from max.engine import InferenceSession
     from max.graph import DeviceRef
-    from .graph import build_module, default_alignment_heads
+    from .graph import build_module
     from .loader import render_loader
     from .weights import graph_weights, save_weights
 
@@ -173,9 +173,7 @@ def write_artifact(ck: Checkpoint, plan: PrecisionPlan, out: Path, *, device: st
 
         t = stage("graph: build mel, encoder and decoder")
         graph_device = DeviceRef.GPU() if device == "gpu" else DeviceRef.CPU()
-        heads = [tuple(h) for h in ck.generation.alignment_heads]
-        heads_source = "checkpoint" if heads else "default: every head of the last half of the decoder layers"
-        heads = heads or default_alignment_heads(ck.dims.n_text_layer, ck.dims.n_text_head)
+        heads, heads_source = ck.alignment_heads()
         module = build_module(ck.dims, plan, graph_device, ops_dir, attention=attention, alignment_heads=heads)
         timings["build_s"] = time.perf_counter() - t
 

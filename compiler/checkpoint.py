@@ -128,6 +128,20 @@ class Checkpoint:
     def tokens(self) -> SpecialTokens:
         return special_tokens(self.dims.n_vocab)
 
+    def alignment_heads(self) -> tuple[list[tuple[int, int]], str]:
+        """The (layer, head) pairs word timestamps read, and where they come from: the checkpoint's, minus any
+        outside this model's decoder (a config copied from another size), else openai's default — every head of
+        the last half of the decoder layers."""
+        d = self.dims
+        named = [(int(a), int(b)) for a, b in self.generation.alignment_heads]
+        heads = [(a, b) for a, b in named if 0 <= a < d.n_text_layer and 0 <= b < d.n_text_head]
+        if heads:
+            return heads, "checkpoint" + (f" ({len(named) - len(heads)} out-of-range pairs dropped)"
+                                          if len(heads) < len(named) else "")
+        default = [(a, b) for a in range(d.n_text_layer // 2, d.n_text_layer) for b in range(d.n_text_head)]
+        return default, ("default: every head of the last half of the decoder layers"
+                         + (" (the checkpoint's pairs are outside this model)" if named else ""))
+
     def source_sha256(self) -> str:
         """One hash over the checkpoint's files (name + content), streamed."""
         h = hashlib.sha256()

@@ -78,9 +78,7 @@ class NumpyWhisper:
         self.w = {k: v.astype(dtype) for k, v in ck.weights.items()}
         if plan is not None:
             self.w = {k: round_to(v, plan.weights) for k, v in self.w.items()}
-        d = ck.dims
-        self.alignment_heads = [tuple(h) for h in ck.generation.alignment_heads] or [
-            (layer, head) for layer in range(d.n_text_layer // 2, d.n_text_layer) for head in range(d.n_text_head)]
+        self.alignment_heads = ck.alignment_heads()[0]
 
     def _r(self, x, cls: str):
         """x as the plan stores op class ``cls`` (identity without a plan)."""

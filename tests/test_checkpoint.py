@@ -107,3 +107,29 @@ def test_special_tokens(n_vocab, eot, sot, transcribe, ts_begin, n_lang):
                                                                                    n_lang)
     if n_lang:
         assert t.languages["en"] == sot + 1 and t.languages["de"] == sot + 3
+
+
+def test_alignment_heads_outside_the_model_are_dropped(tmp_path):
+    """A generation config copied from another size names heads this decoder lacks: they are dropped (openai's
+    default when none is left), and the graphs build."""
+    from pathlib import Path
+
+    from max.graph import DeviceRef
+
+    from compiler.graph import build_module
+    from compiler.precision import plan_for
+    from compiler.readers import load_checkpoint
+    from helpers import random_weights, write_hf_folder
+
+    d = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=2, n_audio_layer=1,
+                        n_vocab=51865, n_text_ctx=448, n_text_state=64, n_text_head=2, n_text_layer=2)
+    folder = write_hf_folder(tmp_path / "ck", d, random_weights(d, seed=0))
+    gen = folder / "generation_config.json"
+    cfg = json.loads(gen.read_text()) if gen.is_file() else {}
+    for named, want, source in [([[1, 1], [7, 0]], [(1, 1)], "checkpoint (1 out-of-range pairs dropped)"),
+                                ([[7, 0]], [(1, 0), (1, 1)], "default"), ([], [(1, 0), (1, 1)], "default")]:
+        gen.write_text(json.dumps({**cfg, "alignment_heads": named}))
+        heads, why = load_checkpoint(str(folder)).alignment_heads()
+        assert heads == want and why.startswith(source)
+    build_module(d, plan_for("fp32", "cpu"), DeviceRef.CPU(), Path(__file__).resolve().parents[1] / "ops",
+                 alignment_heads=[(1, 1)])
