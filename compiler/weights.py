@@ -88,10 +88,8 @@ def save_weights(weights: dict[str, np.ndarray], path: Path, plan: PrecisionPlan
         return
     save_file({k: v if k == "mel_filters" else to_bfloat16_bits(v) for k, v in weights.items()}, str(path),
               metadata=meta)
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(n))
-        data = f.read()
+    header, start = safetensors_header(path)
+    data = Path(path).read_bytes()[start:]
     for k, info in header.items():
         if k not in ("__metadata__", "mel_filters"):
             info["dtype"] = "BF16"
@@ -100,3 +98,10 @@ def save_weights(weights: dict[str, np.ndarray], path: Path, plan: PrecisionPlan
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(raw)) + raw)
         f.write(data)
+
+
+def safetensors_header(path) -> tuple[dict, int]:
+    """A safetensors file's JSON header and the byte offset where its data starts (8-byte length + header)."""
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        return json.loads(f.read(n)), 8 + n

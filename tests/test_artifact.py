@@ -68,10 +68,15 @@ def test_encoder_matches_reference(tiny_en_model, tiny_en_checkpoint, data):
     assert np.abs(got - want).max() / np.abs(want).max() < 1e-3
 
 
-def test_jfk_transcript_cli(tiny_en_artifact):
-    r = mwc("transcribe", str(tiny_en_artifact), str(ROOT / "examples" / "jfk.flac"))
+def assert_transcribes_jfk(artifact):
+    """`mwc transcribe ARTIFACT examples/jfk.flac` prints JFK's words (normalized)."""
+    r = mwc("transcribe", str(artifact), str(ROOT / "examples" / "jfk.flac"))
     assert r.returncode == 0, r.stderr
     assert normalize(r.stdout) == normalize(JFK)
+
+
+def test_jfk_transcript_cli(tiny_en_artifact):
+    assert_transcribes_jfk(tiny_en_artifact)
 
 
 def test_greedy_tokens_equal_reference(tiny_en_model, tiny_en_checkpoint, manifest, data):

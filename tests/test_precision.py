@@ -4,11 +4,12 @@ fp16 parity tolerances and transcribes JFK exactly like fp32."""
 from __future__ import annotations
 
 import json
-import struct
 
 import pytest
-from conftest import ROOT, mwc
-from test_artifact import JFK, normalize
+from conftest import mwc
+from test_artifact import assert_transcribes_jfk
+
+from compiler.weights import safetensors_header
 
 
 def test_fp16_artifact(tiny_en_dir, tmp_path_factory):
@@ -19,8 +20,7 @@ def test_fp16_artifact(tiny_en_dir, tmp_path_factory):
     plan = m["precision"]
     assert plan["name"] == "fp16" and plan["weights"] == "float16" and plan["kv_cache"] == "float16"
     assert plan["residual"] == plan["layer_norm"] == plan["softmax"] == plan["mel"] == "float32"
-    with open(out / "weights.safetensors", "rb") as f:
-        header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+    header = safetensors_header(out / "weights.safetensors")[0]
     assert header["encoder.blocks.0.attn.qkv.weight"]["dtype"] == "F16"
     assert header["mel_filters"]["dtype"] == "F32"  # the mel spectrogram stays fp32, filters included
     fp32_size = 4 * sum(int(__import__("math").prod(v["shape"])) for k, v in header.items() if k != "__metadata__")
@@ -28,9 +28,7 @@ def test_fp16_artifact(tiny_en_dir, tmp_path_factory):
     parity = json.loads((out / "parity.json").read_text())
     assert parity["passed"]
     assert parity["stages"]["decoder_logits"]["max_rel"] < 2e-2 and parity["stages"]["mel"]["max_abs"] < 1e-4
-    r = mwc("transcribe", str(out), str(ROOT / "examples" / "jfk.flac"))
-    assert r.returncode == 0, r.stderr
-    assert normalize(r.stdout) == normalize(JFK)
+    assert_transcribes_jfk(out)
 
 
 def test_bf16_weights_file_reads_back_in_max(tmp_path):
@@ -64,12 +62,9 @@ def test_bf16_artifact(tiny_en_dir, tmp_path_factory):
     plan = json.loads((out / "manifest.json").read_text())["precision"]
     assert plan["name"] == "bf16" and plan["weights"] == plan["matmul"] == "bfloat16"  # calibration may raise others
     assert plan["conv"] == "float32"
-    with open(out / "weights.safetensors", "rb") as f:
-        header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+    header = safetensors_header(out / "weights.safetensors")[0]
     assert header["encoder.conv1.weight"]["dtype"] == "BF16" and header["mel_filters"]["dtype"] == "F32"
     parity = json.loads((out / "parity.json").read_text())
     assert parity["passed"]
     assert parity["stages"]["encoder"]["max_rel"] < 5e-2 and parity["stages"]["decoder_logits"]["max_rel"] < 5e-2
-    r = mwc("transcribe", str(out), str(ROOT / "examples" / "jfk.flac"))
-    assert r.returncode == 0, r.stderr
-    assert normalize(r.stdout) == normalize(JFK)
+    assert_transcribes_jfk(out)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -45,11 +44,12 @@ def openai_name(hf: str) -> str | None:
 
 def _bf16_tensor(path: Path, name: str) -> np.ndarray:
     """numpy has no bfloat16: read the raw bits through the (documented) safetensors header and widen."""
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        info = json.loads(f.read(n))[name]
+    from ..weights import safetensors_header
+
+    header, data_start = safetensors_header(path)
+    info = header[name]
     start, end = info["data_offsets"]
-    raw = np.memmap(path, dtype=np.uint16, mode="r", offset=8 + n + start, shape=((end - start) // 2,))
+    raw = np.memmap(path, dtype=np.uint16, mode="r", offset=data_start + start, shape=((end - start) // 2,))
     return (raw.astype(np.uint32) << 16).view(np.float32).reshape(info["shape"])
 
 
