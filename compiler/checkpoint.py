@@ -138,8 +138,7 @@ class Checkpoint:
         if heads:
             return heads, "checkpoint" + (f" ({len(named) - len(heads)} out-of-range pairs dropped)"
                                           if len(heads) < len(named) else "")
-        default = [(a, b) for a in range(d.n_text_layer // 2, d.n_text_layer) for b in range(d.n_text_head)]
-        return default, ("default: every head of the last half of the decoder layers"
+        return default_alignment_heads(d), ("default: every head of the last half of the decoder layers"
                          + (" (the checkpoint's pairs are outside this model)" if named else ""))
 
     def source_sha256(self) -> str:
@@ -151,6 +150,11 @@ class Checkpoint:
                 for chunk in iter(lambda: f.read(1 << 22), b""):
                     h.update(chunk)
         return h.hexdigest()
+
+
+def default_alignment_heads(d: ModelDimensions) -> list[tuple[int, int]]:
+    """openai's default when a checkpoint names none: every head of the last half of the decoder layers."""
+    return [(a, b) for a in range(d.n_text_layer // 2, d.n_text_layer) for b in range(d.n_text_head)]
 
 
 def expected_shapes(d: ModelDimensions) -> dict[str, tuple[int, ...]]:

@@ -23,7 +23,7 @@ from pathlib import Path
 from max.dtype import DType
 from max.graph import BufferType, DeviceRef, Graph, Module, TensorType, TensorValue, Weight, ops
 
-from .checkpoint import ModelDimensions
+from .checkpoint import ModelDimensions, default_alignment_heads
 from .precision import PrecisionPlan, quant_axis, quantized_weight
 
 ATTENTION_IMPLS = ("mojo", "max")
@@ -308,11 +308,6 @@ class WhisperGraphs:
             g.output(*self.pick(logits, bias, rules))
 
 
-def default_alignment_heads(n_text_layer: int, n_text_head: int) -> list[tuple[int, int]]:
-    """openai's default when a checkpoint names none: every head of the last half of the decoder layers."""
-    return [(layer, head) for layer in range(n_text_layer // 2, n_text_layer) for head in range(n_text_head)]
-
-
 class AuxGraphs(WhisperGraphs):
     """The graphs beyond mel/encoder/decoder: ``kv_gather`` (beam search) and ``alignment`` (word timestamps)."""
 
@@ -387,7 +382,6 @@ def build_module(dims: ModelDimensions, plan: PrecisionPlan, device: DeviceRef, 
     b.build_step(module, ops_dir)
     aux = AuxGraphs(dims, plan, device, attention)
     aux.build_kv_gather(module)
-    heads = [tuple(h) for h in alignment_heads] if alignment_heads else default_alignment_heads(
-        dims.n_text_layer, dims.n_text_head)
+    heads = [tuple(h) for h in alignment_heads] if alignment_heads else default_alignment_heads(dims)
     aux.build_alignment(module, ops_dir, heads)
     return module
