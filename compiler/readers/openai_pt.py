@@ -6,6 +6,8 @@ unpickled freely. torch is needed for this format alone, so it is imported lazil
 
 A .pt carries no tokenizer and no suppress list: the tokenizer (tokenizer.json, vocab.json (+ added_tokens.json) or
 vocabulary.txt) must sit next to the .pt, and a generation_config.json there, if any, gives the generation settings.
+Without one naming suppress_tokens, the suppress list is what openai-whisper computes for its default
+suppress_tokens="-1": ``Tokenizer.non_speech_tokens`` from this vocabulary (runtime.tokenizer.non_speech_tokens).
 
 ``encoder.positional_embedding`` is a buffer openai computes with ``sinusoids(n_audio_ctx, n_audio_state)``; the
 published files hold it, but if a state dict lacks it, it is recomputed exactly as model.py does. ``alignment_heads``
@@ -21,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import Checkpoint, GenerationSettings, ModelDimensions
+from ..checkpoint import Checkpoint, GenerationSettings, ModelDimensions, special_tokens
 from ..errors import MwcError
+from ..runtime.tokenizer import non_speech_tokens
 from . import read_json
 from .vocab import read_vocab
 
@@ -106,10 +109,15 @@ def read_openai_pt(path: Path, label: str) -> Checkpoint:
         weights["encoder.positional_embedding"] = sinusoids(torch, dims.n_audio_ctx, dims.n_audio_state).numpy()
     gen_path = folder / "generation_config.json"
     gen_cfg = read_json(gen_path)
+    vocab = read_vocab(folder)
+    if "suppress_tokens" in gen_cfg:
+        suppress = [int(t) for t in gen_cfg["suppress_tokens"] or []]
+    else:  # openai's suppress_tokens="-1" (the special tokens are added at run time, runtime.decoding.suppress_ids)
+        suppress = non_speech_tokens(vocab, special_tokens(dims.n_vocab).eot)
     gen = GenerationSettings(
-        suppress_tokens=[int(t) for t in gen_cfg.get("suppress_tokens") or []],
+        suppress_tokens=suppress,
         begin_suppress_tokens=[int(t) for t in gen_cfg.get("begin_suppress_tokens") or []],
         alignment_heads=heads or [(int(a), int(b)) for a, b in gen_cfg.get("alignment_heads") or []])
     extra = [folder / n for n in (*TOKENIZER_FILES, "added_tokens.json", "merges.txt", "generation_config.json")]
-    return Checkpoint(dims=dims, weights=weights, vocab=read_vocab(folder), generation=gen, source=label,
+    return Checkpoint(dims=dims, weights=weights, vocab=vocab, generation=gen, source=label,
                       source_format="openai-pt", source_files=[path, *[p for p in extra if p.is_file()]])
