@@ -134,8 +134,11 @@ def inspect(artifact: Path, as_json: bool, check: bool) -> None:
 @click.option("--manifest", "manifest_path", type=click.Path(path_type=Path), default=None,
               help="a manifest.jsonl of clips with reference texts (WER is computed over them)")
 @click.option("--limit", type=int, default=None, help="verify only the first N clips of the manifest")
+@click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="keep the reference's results per clip in this folder (keyed by checkpoint, clip, language and "
+                   "the reference's code), so verifying another artifact of the same checkpoint skips the reference")
 def verify(artifact: Path, checkpoint: str | None, reference: str, audio: tuple[Path, ...],
-           manifest_path: Path | None, limit: int | None) -> None:
+           manifest_path: Path | None, limit: int | None, cache: Path | None) -> None:
     """Compare ARTIFACT with the reference stage by stage; exit 1 when a tolerance is exceeded."""
     from .readers import load_checkpoint
     from .runtime.model import ArtifactError, read_manifest
@@ -157,7 +160,7 @@ def verify(artifact: Path, checkpoint: str | None, reference: str, audio: tuple[
         clips += clips_from_manifest(manifest_path, english_only=not ck.multilingual, limit=limit)
     click.echo(f"verifying {artifact} ({m['precision']['name']}) against the {reference} reference on "
                f"{len(clips)} clips")
-    report = run_verify(artifact, ck, clips, log=click.echo, reference=reference)
+    report = run_verify(artifact, ck, clips, log=click.echo, reference=reference, cache=cache)
     write_report(artifact, report)
     w = report["worst"]
     click.echo(f"worst: mel {w['mel']:.1e} abs, encoder {w['encoder']:.1e} rel, cross K/V {w['cross_kv']:.1e} rel, "

@@ -5,11 +5,19 @@ greedy tokens, and the greedy tokens themselves (first diverging position). Over
 human transcripts (Whisper's English normalizer for English, its basic normalizer otherwise). The report goes to
 the artifact's parity.json (its manifest checksum updated), and the exit status says whether the tolerances of the
 artifact's precision held.
+
+The float64 reference's side of a clip (its encoder output and cross K, its transcript, its logits under teacher
+forcing) is the slow part and the same for every artifact of one checkpoint: with a cache folder it is stored once
+per checkpoint × reference × clip × language × suppress list × the reference's code (``reference_key``) and read
+back by every later run (``mwc verify --cache DIR``; tests/precision_table.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,8 +40,10 @@ class Clip:
     language: str | None = None
 
 
-def clips_from_manifest(path: Path, english_only: bool, limit: int | None = None) -> list[Clip]:
-    """Clips of a manifest.jsonl (shared/data format) that have a reference text."""
+def clips_from_manifest(path: Path, english_only: bool, limit: int | None = None, every: bool = False) -> list[Clip]:
+    """Clips of a manifest.jsonl (shared/data format) that have a reference text. ``every``: also the edge clips and
+    the clips without a text (tokens are still compared; WER counts only clips with a text; unreadable files are
+    reported). ``english_only`` drops clips in another language (a clip with no language, such as silence, stays)."""
     if not path.is_file():
         raise MwcError(f"{path}: no such manifest; pass a manifest.jsonl or --audio files")
     out = []
@@ -41,11 +51,11 @@ def clips_from_manifest(path: Path, english_only: bool, limit: int | None = None
         if not line.strip():
             continue
         row = json.loads(line)
-        if row.get("text") is None or row.get("kind") == "edge":
+        if not every and (row.get("text") is None or row.get("kind") == "edge"):
             continue
-        if english_only and row.get("language") != "en":
+        if english_only and row.get("language") not in ("en", None if every else "en"):
             continue
-        out.append(Clip(path.parent / row["file"], row["text"], row.get("language")))
+        out.append(Clip(path.parent / row["file"], row.get("text"), row.get("language")))
     return out[:limit] if limit else out
 
 
@@ -68,35 +78,97 @@ def wer(refs: list[str], hyps: list[str]) -> float:
     return float(jiwer.wer([r for r, _ in pairs], [h for _, h in pairs]))
 
 
-def verify_clip(runtime, ref, clip: Clip, language: str | None) -> dict:
-    """All stages on the first 30 s window of one clip, then the whole clip transcribed by both."""
-    d = ref.dims
-    audio = load_audio(clip.path)
-    mel_ref = log_mel_spectrogram(audio, d.n_mels, N_SAMPLES)
-    stages = {"mel": _stats(runtime.log_mel(audio), mel_ref)}
-    window = mel_ref[:, :N_FRAMES][None].astype(np.float32)
-    got, want = runtime.encode(window), ref.encode(window)
-    stages["encoder"] = _stats(to_numpy(got["xa"]), want["xa"])
-    stages["cross_kv"] = _stats(to_numpy(got["cross_k"]), reference_cross_k(want, d.n_text_head))
+class _Remembered:
+    """The reference with one window's encoder output remembered (the transcript encodes the first window again)."""
 
-    options = decoding.DecodingOptions(language=language)
-    tk = runtime.tokenizer
-    ref_result = decoding.transcribe(ref, tk, mel_ref, options, runtime.suppress,
-                                     n_text_ctx=d.n_text_ctx, n_audio_ctx=d.n_audio_ctx)
-    first = ref_result["windows"][0]
-    # teacher forcing: both decoders read the reference's own tokens for the first window in one pass
+    def __init__(self, ref, window: np.ndarray, features: dict):
+        self._ref, self._window, self._features = ref, window, features
+
+    def encode(self, mel):
+        if np.shape(mel) == self._window.shape and np.array_equal(mel, self._window):
+            return self._features
+        return self._ref.encode(mel)
+
+    def __getattr__(self, name):
+        return getattr(self._ref, name)
+
+
+def reference_clip(ref, tk, suppress: list[int], audio: np.ndarray, language: str | None) -> dict:
+    """The reference's side of a clip: encoder output and cross K of the first 30 s window, the whole clip's
+    greedy transcript, and the logits under teacher forcing on its own first-window tokens."""
+    d = ref.dims
+    mel_ref = log_mel_spectrogram(audio, d.n_mels, N_SAMPLES)
+    window = mel_ref[:, :N_FRAMES][None].astype(np.float32)
+    want = ref.encode(window)
+    result = decoding.transcribe(_Remembered(ref, window, want), tk, mel_ref,
+                                 decoding.DecodingOptions(language=language), suppress,
+                                 n_text_ctx=d.n_text_ctx, n_audio_ctx=d.n_audio_ctx)
+    first = result["windows"][0]
     seq = decoding.sot_sequence(tk, first.language, "transcribe", False) + first.tokens
-    tokens = np.array([seq], dtype=np.int64)
-    stages["decoder_logits"] = _stats(runtime.decode(tokens, got, None)[0], ref.decode(tokens, want, None)[0])
+    logits = ref.decode(np.array([seq], dtype=np.int64), want, None)[0]
+    return {"xa": np.asarray(want["xa"]), "cross_k": reference_cross_k(want, d.n_text_head), "logits": logits,
+            "seq": seq, "tokens": [t for w in result["windows"] for t in w.tokens], "text": result["text"]}
+
+
+REFERENCE_CODE = ("reference.py", "reference_hf.py", "verify.py", "parity.py", "runtime/decoding.py",
+                  "runtime/tokenizer.py", "runtime/mel.py", "runtime/audio.py")
+CACHE_VERSION = 1
+
+
+def reference_key(checkpoint_sha256: str, reference: str, clip: Path, language: str | None, suppress: list[int],
+                  tokens: dict) -> str:
+    """What a cached reference clip depends on: the checkpoint, the reference, the clip's bytes, the language it
+    is decoded in, the suppress list and special tokens, and the source of the code that computes it."""
+    h = hashlib.sha256()
+    root = Path(__file__).resolve().parent
+    for rel in REFERENCE_CODE:
+        h.update(rel.encode())
+        h.update((root / rel).read_bytes())
+    h.update(Path(clip).read_bytes())
+    h.update(json.dumps([CACHE_VERSION, checkpoint_sha256, reference, language, sorted(suppress), tokens],
+                        sort_keys=True).encode())
+    return h.hexdigest()[:32]
+
+
+def _cache_load(path: Path) -> dict | None:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            return {"xa": z["xa"], "cross_k": z["cross_k"], "logits": z["logits"], **meta}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # missing or damaged: recompute
+        return None
+
+
+def _cache_store(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    meta = json.dumps({k: data[k] for k in ("seq", "tokens", "text")})
+    with open(tmp, "wb") as f:
+        np.savez(f, xa=data["xa"], cross_k=data["cross_k"], logits=data["logits"], meta=np.array(meta))
+    tmp.replace(path)
+
+
+def verify_clip(runtime, want: dict, audio: np.ndarray, clip: Clip, language: str | None) -> dict:
+    """All stages on the first 30 s window of one clip against the reference's (``reference_clip``), then the whole
+    clip transcribed by the artifact."""
+    d = runtime.dims
+    mel_ref = log_mel_spectrogram(audio, d["n_mels"], N_SAMPLES)
+    stages = {"mel": _stats(runtime.log_mel(audio), mel_ref)}
+    got = runtime.encode(mel_ref[:, :N_FRAMES][None].astype(np.float32))
+    stages["encoder"] = _stats(to_numpy(got["xa"]), want["xa"])
+    stages["cross_kv"] = _stats(to_numpy(got["cross_k"]), want["cross_k"])
+    # teacher forcing: the artifact's decoder reads the reference's own tokens for the first window in one pass
+    stages["decoder_logits"] = _stats(runtime.decode(np.array([want["seq"]], dtype=np.int64), got, None)[0],
+                                      want["logits"])
 
     got_result = runtime.transcribe(audio, language=language)
     got_tokens = [t for w in got_result["windows"] for t in w.tokens]
-    want_tokens = [t for w in ref_result["windows"] for t in w.tokens]
+    want_tokens = list(want["tokens"])
     diverge = next((i for i, (a, b) in enumerate(zip(got_tokens, want_tokens)) if a != b),
                    None if len(got_tokens) == len(want_tokens) else min(len(got_tokens), len(want_tokens)))
     return {"file": str(clip.path), "stages": stages, "tokens_equal": diverge is None, "first_diverging_token": diverge,
-            "n_tokens": len(want_tokens), "hyp": got_result["text"], "ref_hyp": ref_result["text"],
-            "text": clip.text, "language": clip.language}
+            "n_tokens": len(want_tokens), "hyp": got_result["text"], "ref_hyp": want["text"],
+            "text": clip.text, "language": clip.language, "tokens": got_tokens, "ref_tokens": want_tokens}
 
 
 def make_reference(name: str, ck: Checkpoint):
@@ -113,21 +185,38 @@ def make_reference(name: str, ck: Checkpoint):
 REFERENCE_NAMES = {"numpy": "numpy float64", "transformers": "transformers WhisperForConditionalGeneration float64"}
 
 
-def run_verify(artifact: Path, ck: Checkpoint, clips: list[Clip], log=print, reference: str = "numpy") -> dict:
+def run_verify(artifact: Path, ck: Checkpoint, clips: list[Clip], log=print, reference: str = "numpy",
+               cache: Path | None = None) -> dict:
+    """Verify ``artifact`` on ``clips``. ``cache``: a folder where the reference's side of each clip is kept
+    (``reference_key``), so later runs for other artifacts of the same checkpoint skip the float64 model."""
     from .runtime.model import Whisper
 
     runtime = Whisper(artifact)
     precision = runtime.manifest["precision"]["name"]
     tol = tolerances(runtime.manifest)
-    ref = make_reference(reference, ck)
-    rows, failed_files = [], []
+    ref = None
+    ck_sha = ck.source_sha256() if cache is not None else None
+    rows, failed_files, hits = [], [], 0
     for clip in clips:
+        language = None if not ck.multilingual else clip.language
         try:
-            row = verify_clip(runtime, ref, clip, None if not ck.multilingual else clip.language)
+            audio = load_audio(clip.path)
         except AudioError as e:
             failed_files.append(str(e))
             log(f"error: {e}")
             continue
+        want, path = None, None
+        if cache is not None:
+            key = reference_key(ck_sha, reference, clip.path, language, runtime.suppress, runtime.manifest["tokens"])
+            path = Path(cache) / f"{key}.npz"
+            want = _cache_load(path)
+            hits += want is not None
+        if want is None:
+            ref = ref or make_reference(reference, ck)
+            want = reference_clip(ref, runtime.tokenizer, runtime.suppress, audio, language)
+            if path is not None:
+                _cache_store(path, want)
+        row = verify_clip(runtime, want, audio, clip, language)
         rows.append(row)
         s = row["stages"]
         log(f"{clip.path.name[:34]:34s} mel {s['mel']['max_abs']:8.1e}  enc {s['encoder']['max_rel']:8.1e}  "
@@ -150,6 +239,8 @@ def run_verify(artifact: Path, ck: Checkpoint, clips: list[Clip], log=print, ref
               "worst": worst, "token_agreement": agree / len(rows), "wer": wer(refs, hyps),
               "reference_wer": wer(refs, ref_hyps), "unreadable": failed_files, "checks": checks,
               "passed": all(checks.values())}
+    if cache is not None:
+        report["reference_cache"] = {"folder": str(cache), "hits": hits, "computed": len(rows) - hits}
     return report
 
 

@@ -1,0 +1,184 @@
+"""The precision table of issue 4: per model × precision, `mwc verify`'s measurements on the dev speech set.
+
+    python tests/precision_table.py ART [ART ...] [--manifest ../shared/data/manifest.jsonl] [--cache DIR]
+        [--reports DIR] [--json OUT] [--texted-only] [--limit N]
+
+Each artifact is verified with compiler.verify.run_verify (the machinery of `mwc verify`) against the numpy float64
+reference over the manifest's clips (English clips only for .en models; by default every clip, edge clips and
+clips without a text included: their tokens are compared, WER counts clips with a text, unreadable files are
+listed; --texted-only takes `mwc verify --manifest`'s selection). The reference's side of each clip is cached in
+--cache (one float64 run per model, shared by all its precisions); each artifact's report goes to --reports and is
+reused while the artifact (manifest sha256) and the clip list are unchanged, so the table can be rebuilt as
+artifacts finish. Nothing is written into the artifacts.
+
+One markdown row per artifact: model, precision, the plan (manifest precision + calibration), worst stage errors
+(mel abs; encoder, cross K, teacher-forced logits relative), greedy-token agreement with the reference (clips with
+identical tokens; reference tokens matched before the first divergence) and with the fp32 artifact of the same
+checkpoint when one is given, WER and the reference's WER, compile time (manifest timings: calibration, graph
+build, MAX compile, parity), size (folder; weights file), and pass/fail: the parity tolerances of the precision,
+fp32 tokens identical to the reference on every clip, reduced precisions' WER within --wer-margin (absolute, 0.003 =
+0.3 points) of their fp32 artifact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from compiler.readers import load_checkpoint  # noqa: E402
+from compiler.verify import clips_from_manifest, run_verify  # noqa: E402
+
+DATA = Path(os.environ.get("MWC_DATA", ROOT.parent / "shared" / "data"))
+SHORT = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def plan_text(m: dict) -> str:
+    """The precision plan in a few words: what is reduced, what the CPU plan or the calibration kept in fp32."""
+    p = m["precision"]
+    if p.get("quantized") == "int8":
+        return "int8 weights (per-channel fp32 scales), fp32 compute"
+    if p["name"] == "fp32":
+        return "all fp32"
+    low = SHORT[p["weights"]]
+    reduced = [k for k in ("matmul", "conv", "kv_cache", "logits") if p[k] == p["weights"]]
+    kept = [k for k in ("conv", "kv_cache", "logits") if p[k] == "float32"]
+    text = f"{low}: weights, {', '.join(reduced)}"
+    if kept:
+        text += f"; fp32: {', '.join(kept)}"
+    cal = m.get("calibration")
+    if cal:
+        e = cal.get("expected") or {}
+        text += (f"; calibrated ({cal['clips']} clip, emulated logits {e.get('logits_max_rel', float('nan')):.1e}"
+                 f" ≤ budget {cal['budget_logits_max_rel']:.0e}: {'met' if cal['met_budget'] else 'NOT met'})")
+    return text
+
+
+def prefix_agreement(rows: list[dict], key_a: str, other: dict[str, list[int]] | None = None) -> float:
+    """Reference tokens matched before the first divergence, over all clips (1.0: every clip identical)."""
+    matched = total = 0
+    for r in rows:
+        a = r[key_a]
+        b = other[r["file"]] if other is not None else r["ref_tokens"]
+        n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        matched += n
+        total += max(len(a), len(b))
+    return matched / total if total else 1.0
+
+
+def clip_list_key(clips) -> str:
+    return hashlib.sha256(json.dumps([[str(c.path), c.language] for c in clips]).encode()).hexdigest()[:16]
+
+
+def verify_artifact(art: Path, args, log) -> dict:
+    m = json.loads((art / "manifest.json").read_text())
+    ck_path = args.checkpoint.get(m["name"]) or m["source"]["checkpoint"]
+    ck = load_checkpoint(ck_path)
+    if ck.source_sha256() != m["source"]["sha256"]:
+        raise SystemExit(f"{ck_path}: not the checkpoint {art} was compiled from; pass --checkpoint NAME=PATH")
+    clips = clips_from_manifest(args.manifest, english_only=not ck.multilingual, limit=args.limit,
+                                every=not args.texted_only)
+    art_sha = hashlib.sha256((art / "manifest.json").read_bytes()).hexdigest()[:16]
+    key = f"{art.name}-{art_sha}-{clip_list_key(clips)}"
+    saved = args.reports / f"{key}.json" if args.reports else None
+    if saved is not None and saved.is_file():
+        log(f"{art}: report reused ({saved})")
+        return json.loads(saved.read_text())
+    log(f"{art}: {m['name']} {m['precision']['name']}, {len(clips)} clips")
+    t = time.perf_counter()
+    report = run_verify(art, ck, clips, log=lambda s: log("  " + s), cache=args.cache)
+    report["verify_seconds"] = round(time.perf_counter() - t, 1)
+    report["artifact"] = str(art)
+    report["manifest"] = {k: m[k] for k in ("name", "precision", "calibration", "timings", "device", "source")
+                          if k in m}
+    report["bytes"] = {"folder": folder_bytes(art), "weights": (art / "weights.safetensors").stat().st_size,
+                       "mef": (art / "model.mef").stat().st_size}
+    if saved is not None:
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps(report, indent=1))
+    return report
+
+
+def summarize(reports: list[dict], wer_margin: float) -> list[dict]:
+    fp32 = {r["manifest"]["source"]["sha256"]: r for r in reports if r["precision"] == "fp32"}
+    out = []
+    for r in reports:
+        m = r["manifest"]
+        base = fp32.get(m["source"]["sha256"])
+        rows = r["clips"]
+        row = {"model": m["name"], "precision": r["precision"], "plan": plan_text(m), "worst": r["worst"],
+               "clips": len(rows), "unreadable": len(r["unreadable"]),
+               "tokens_equal_ref": r["token_agreement"], "token_prefix_ref": prefix_agreement(rows, "tokens"),
+               "wer": r["wer"], "reference_wer": r["reference_wer"],
+               "compile_s": {k: v for k, v in m["timings"].items()}, "bytes": r["bytes"],
+               "checks": dict(r["checks"]), "artifact": r["artifact"], "verify_seconds": r.get("verify_seconds")}
+        if base is not None and base is not r:
+            theirs = {c["file"]: c["tokens"] for c in base["clips"]}
+            common = [c for c in rows if c["file"] in theirs]
+            row["tokens_equal_fp32"] = sum(c["tokens"] == theirs[c["file"]] for c in common) / max(len(common), 1)
+            row["token_prefix_fp32"] = prefix_agreement(common, "tokens", theirs)
+            row["fp32_wer"] = base["wer"]
+            row["checks"]["wer_vs_fp32"] = r["wer"] <= base["wer"] + wer_margin
+        row["passed"] = all(row["checks"].values())
+        out.append(row)
+    return out
+
+
+def markdown(rows: list[dict]) -> str:
+    head = ("| model | precision | plan | mel abs | encoder rel | cross K rel | logits rel | tokens = ref (clips; "
+            "prefix) | tokens = fp32 artifact | WER | ref WER | compile s (total; MAX) | size MB (folder; weights) "
+            "| pass |")
+    lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    for r in rows:
+        w, t = r["worst"], r["compile_s"]
+        fp32 = (f"{r['tokens_equal_fp32']:.0%}; {r['token_prefix_fp32']:.1%}" if "tokens_equal_fp32" in r else "—")
+        failed = [k for k, ok in r["checks"].items() if not ok]
+        lines.append(
+            f"| {r['model']} | {r['precision']} | {r['plan']} | {w['mel']:.1e} | {w['encoder']:.1e} | "
+            f"{w['cross_kv']:.1e} | {w['decoder_logits']:.1e} | {r['tokens_equal_ref']:.0%} of {r['clips']}; "
+            f"{r['token_prefix_ref']:.1%} | {fp32} | {r['wer']:.2%} | {r['reference_wer']:.2%} | "
+            f"{sum(t.values()):.0f}; {t.get('compile_s', float('nan')):.0f} | {r['bytes']['folder'] / 1e6:.0f}; "
+            f"{r['bytes']['weights'] / 1e6:.0f} | {'pass' if r['passed'] else 'FAIL: ' + ', '.join(failed)} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("artifacts", nargs="+", type=Path)
+    ap.add_argument("--manifest", type=Path, default=DATA / "manifest.jsonl")
+    ap.add_argument("--cache", type=Path, default=None, help="reference cache folder (run_verify's cache)")
+    ap.add_argument("--reports", type=Path, default=None, help="per-artifact verify reports, reused when unchanged")
+    ap.add_argument("--json", type=Path, default=None, help="write the rows (and the reports' paths) here")
+    ap.add_argument("--texted-only", action="store_true", help="only clips with a text, no edge clips (mwc verify)")
+    ap.add_argument("--limit", type=int, default=None, help="the first N clips of the manifest")
+    ap.add_argument("--wer-margin", type=float, default=0.003, help="reduced precision's WER vs fp32, absolute")
+    ap.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH",
+                    help="checkpoint for artifacts named NAME (default: the manifest's source path)")
+    args = ap.parse_args(argv)
+    args.checkpoint = dict(c.split("=", 1) for c in args.checkpoint)
+
+    def log(s):
+        print(s, file=sys.stderr, flush=True)
+
+    reports = [verify_artifact(a, args, log) for a in args.artifacts]
+    rows = summarize(reports, args.wer_margin)
+    print(markdown(rows))
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "manifest": str(args.manifest),
+                                         "clips": "texted only" if args.texted_only else "every clip"}, indent=1))
+    return 0 if all(r["passed"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
