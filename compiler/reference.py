@@ -14,7 +14,6 @@ from .checkpoint import Checkpoint
 from .runtime.audio import HOP_LENGTH, N_FFT
 from .runtime.mel import mel_filters
 
-_erf = np.frompyfunc(math.erf, 1, 1)
 
 
 def log_mel_spectrogram(audio: np.ndarray, n_mels: int, padding: int = 0) -> np.ndarray:
@@ -48,8 +47,13 @@ def round_to(x: np.ndarray, dtype: str | None) -> np.ndarray:
     raise ValueError(f"round_to: unknown dtype {dtype!r}")
 
 
+def _erf(x: np.ndarray) -> np.ndarray:
+    """math.erf elementwise (numpy has no erf): map over a list, ~1.8x faster than np.frompyfunc's object array."""
+    return np.fromiter(map(math.erf, x.ravel().tolist()), np.float64, x.size).reshape(x.shape)
+
+
 def gelu(x: np.ndarray) -> np.ndarray:
-    return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)).astype(np.float64))
+    return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
 
 
 def layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float = 1e-5) -> np.ndarray:

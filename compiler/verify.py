@@ -78,41 +78,48 @@ def wer(refs: list[str], hyps: list[str]) -> float:
     return float(jiwer.wer([r for r, _ in pairs], [h for _, h in pairs]))
 
 
-class _Remembered:
-    """The reference with one window's encoder output remembered (the transcript encodes the first window again)."""
+class _FirstWindow:
+    """The reference, remembering the first window the transcript encodes (its mel and encoder output): the stages
+    are compared on exactly that window (openai's transcribe pads a short clip's frames with zeros, not with the
+    log-mel of padded audio), and it is encoded once."""
 
-    def __init__(self, ref, window: np.ndarray, features: dict):
-        self._ref, self._window, self._features = ref, window, features
+    def __init__(self, ref):
+        self._ref, self.window, self.features = ref, None, None
 
     def encode(self, mel):
-        if np.shape(mel) == self._window.shape and np.array_equal(mel, self._window):
-            return self._features
-        return self._ref.encode(mel)
+        out = self._ref.encode(mel)
+        if self.window is None and np.shape(mel)[0] == 1:
+            self.window, self.features = np.array(mel, dtype=np.float32), out
+        return out
 
     def __getattr__(self, name):
         return getattr(self._ref, name)
 
 
 def reference_clip(ref, tk, suppress: list[int], audio: np.ndarray, language: str | None) -> dict:
-    """The reference's side of a clip: encoder output and cross K of the first 30 s window, the whole clip's
-    greedy transcript, and the logits under teacher forcing on its own first-window tokens."""
+    """The reference's side of a clip: the whole clip's greedy transcript, and on the first window it encoded
+    (the 30 s of log-mel from the start if none was: a silent clip) its encoder output and cross K and the logits
+    under teacher forcing on its own first-window tokens."""
     d = ref.dims
     mel_ref = log_mel_spectrogram(audio, d.n_mels, N_SAMPLES)
-    window = mel_ref[:, :N_FRAMES][None].astype(np.float32)
-    want = ref.encode(window)
-    result = decoding.transcribe(_Remembered(ref, window, want), tk, mel_ref,
-                                 decoding.DecodingOptions(language=language), suppress,
+    first_window = _FirstWindow(ref)
+    result = decoding.transcribe(first_window, tk, mel_ref, decoding.DecodingOptions(language=language), suppress,
                                  n_text_ctx=d.n_text_ctx, n_audio_ctx=d.n_audio_ctx)
+    window, want = first_window.window, first_window.features
+    if window is None:
+        window = mel_ref[:, :N_FRAMES][None].astype(np.float32)
+        want = ref.encode(window)
     first = result["windows"][0]
     seq = decoding.sot_sequence(tk, first.language, "transcribe", False) + first.tokens
     logits = ref.decode(np.array([seq], dtype=np.int64), want, None)[0]
-    return {"xa": np.asarray(want["xa"]), "cross_k": reference_cross_k(want, d.n_text_head), "logits": logits,
-            "seq": seq, "tokens": [t for w in result["windows"] for t in w.tokens], "text": result["text"]}
+    return {"window": window, "xa": np.asarray(want["xa"]), "cross_k": reference_cross_k(want, d.n_text_head),
+            "logits": logits, "seq": seq, "tokens": [t for w in result["windows"] for t in w.tokens],
+            "text": result["text"]}
 
 
 REFERENCE_CODE = ("reference.py", "reference_hf.py", "verify.py", "parity.py", "runtime/decoding.py",
                   "runtime/tokenizer.py", "runtime/mel.py", "runtime/audio.py")
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def reference_key(checkpoint_sha256: str, reference: str, clip: Path, language: str | None, suppress: list[int],
@@ -134,7 +141,7 @@ def _cache_load(path: Path) -> dict | None:
     try:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
-            return {"xa": z["xa"], "cross_k": z["cross_k"], "logits": z["logits"], **meta}
+            return {k: z[k] for k in ("window", "xa", "cross_k", "logits")} | meta
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # missing or damaged: recompute
         return None
 
@@ -144,17 +151,18 @@ def _cache_store(path: Path, data: dict) -> None:
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     meta = json.dumps({k: data[k] for k in ("seq", "tokens", "text")})
     with open(tmp, "wb") as f:
-        np.savez(f, xa=data["xa"], cross_k=data["cross_k"], logits=data["logits"], meta=np.array(meta))
+        np.savez(f, window=data["window"], xa=data["xa"], cross_k=data["cross_k"], logits=data["logits"],
+                 meta=np.array(meta))
     tmp.replace(path)
 
 
 def verify_clip(runtime, want: dict, audio: np.ndarray, clip: Clip, language: str | None) -> dict:
-    """All stages on the first 30 s window of one clip against the reference's (``reference_clip``), then the whole
-    clip transcribed by the artifact."""
+    """All stages on the reference's first window of one clip (``reference_clip``), then the whole clip transcribed
+    by the artifact."""
     d = runtime.dims
     mel_ref = log_mel_spectrogram(audio, d["n_mels"], N_SAMPLES)
     stages = {"mel": _stats(runtime.log_mel(audio), mel_ref)}
-    got = runtime.encode(mel_ref[:, :N_FRAMES][None].astype(np.float32))
+    got = runtime.encode(want["window"])
     stages["encoder"] = _stats(to_numpy(got["xa"]), want["xa"])
     stages["cross_kv"] = _stats(to_numpy(got["cross_k"]), want["cross_k"])
     # teacher forcing: the artifact's decoder reads the reference's own tokens for the first window in one pass
