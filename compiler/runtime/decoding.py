@@ -11,6 +11,10 @@ Logit rules are small classes applied in order (suppress blank, suppress tokens,
 compiled MAX artifact (``runtime.model``) and the numpy float64 reference (``compiler.reference``) both are. A model
 that also has ``greedy_step`` (the compiled one) gets the filters as data (``pick_rules``) and picks greedy tokens
 inside its decoder graph, so a greedy step copies a few numbers to the host instead of the vocabulary's logits.
+
+Many files at once: each file's window loop (``_window_loop``) is a generator that yields a ``WindowRequest`` per
+decoding attempt; ``transcribe_many`` runs up to ``batch_size`` of them and decodes their requests together, one
+batch per ``batch_key`` (``decode_requests``, ``decode_windows``). ``transcribe`` is the same driver with one file.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from . import timing
-from .audio import CHUNK_LENGTH, HOP_LENGTH, N_FRAMES, SAMPLE_RATE
+from .audio import CHUNK_LENGTH, HOP_LENGTH, N_FRAMES, SAMPLE_RATE, AudioError
 from .tokenizer import Tokenizer
 
 
@@ -188,12 +192,18 @@ def sot_sequence(tokenizer: Tokenizer, language: str | None, task: str, without_
     return seq
 
 
-def detect_language(model, tokenizer: Tokenizer, audio_features) -> str:
-    """The language token with the highest logit after <|startoftranscript|> (multilingual models only)."""
-    logits, _ = model.decode(np.array([[tokenizer.sot]], dtype=np.int64), audio_features, None)
+def detect_languages(model, tokenizer: Tokenizer, audio_features, n: int = 1) -> list[str]:
+    """For each of the ``n`` rows of an encoder output, the language token with the highest logit after
+    <|startoftranscript|> (multilingual models only)."""
+    logits, _ = model.decode(np.full((n, 1), tokenizer.sot, dtype=np.int64), audio_features, None)
     codes = list(tokenizer.languages)
     ids = [tokenizer.languages[c] for c in codes]
-    return codes[int(np.argmax(logits[0, -1, ids]))]
+    return [codes[int(np.argmax(logits[k, -1, ids]))] for k in range(n)]
+
+
+def detect_language(model, tokenizer: Tokenizer, audio_features) -> str:
+    """The language of a batch-1 window (``detect_languages``)."""
+    return detect_languages(model, tokenizer, audio_features, 1)[0]
 
 
 def _verify_group_options(options: DecodingOptions) -> None:
@@ -337,6 +347,43 @@ def decode_group(model, tokenizer: Tokenizer, audio, initial: list[int], sample_
                           compression_ratio=compression_ratio(text))
 
 
+@dataclass
+class WindowRequest:
+    """One attempt at one 30 s window, as a file's window loop (``transcribe_many``) asks for it: the mel window
+    (n_mels, 3000), this attempt's options (temperature, beams...), the prompt (previous text) and the file's
+    sampling Generator. ``audio``: the window's encoder output when the loop already has it (word timestamps share
+    it between attempts); ``keep_audio``: hand the encoder output back with the result (for the alignment)."""
+
+    mel: np.ndarray
+    options: DecodingOptions
+    prompt: list[int] = field(default_factory=list)
+    rng: np.random.Generator | None = None
+    audio: object = None
+    keep_audio: bool = False
+    time_offset: float = 0.0  # where the window starts in its file (progress reports)
+
+
+def _initial_tokens(tokenizer: Tokenizer, options: DecodingOptions, language: str | None, prompt: list[int] | None,
+                    n_text_ctx: int) -> list[int]:
+    """openai's DecodingTask._get_initial_tokens: [<|startofprev|>, prompt tail] + the SOT sequence."""
+    initial = sot_sequence(tokenizer, language, options.task, options.without_timestamps)
+    if prompt:
+        initial = [tokenizer.sot_prev] + list(prompt)[-(n_text_ctx // 2 - 1):] + initial
+    return initial
+
+
+def batch_key(request: WindowRequest, tokenizer: Tokenizer, n_text_ctx: int) -> tuple:
+    """Requests with equal keys can share one decoder batch: the same initial length (so every row's cache grows in
+    step and the filters' sample_begin / SOT index agree) and the same decoding settings. Beam search, best_of and
+    requests that bring their own encoder output decode alone (a key of their own)."""
+    o = request.options
+    if (o.beam_size or o.best_of or 1) > 1 or request.audio is not None:
+        return ("alone", id(request))
+    length = len(_initial_tokens(tokenizer, o, o.language, request.prompt, n_text_ctx))
+    return (length,) + tuple(getattr(o, f) for f in ("task", "temperature", "without_timestamps",
+                                                     "max_initial_timestamp", "suppress_blank", "sample_len"))
+
+
 def decode_window(model, tokenizer: Tokenizer, mel_window: np.ndarray, options: DecodingOptions,
                   suppress: list[int], prompt: list[int] | None = None, n_text_ctx: int = 448,
                   n_audio_ctx: int = 1500, rng: np.random.Generator | None = None,
@@ -344,19 +391,32 @@ def decode_window(model, tokenizer: Tokenizer, mel_window: np.ndarray, options: 
     """Decoding of one 30 s mel window (n_mels, 3000): greedy at options.temperature 0, else sampled with rng;
     beam search with options.beam_size, the best of options.best_of samples at temperature > 0.
     ``audio``: the window's ``model.encode`` output when the caller already has it."""
+    request = WindowRequest(mel=mel_window, options=options, prompt=list(prompt or []), rng=rng)
+    return decode_windows(model, tokenizer, [request], suppress, n_text_ctx, n_audio_ctx, audio=audio)[0]
+
+
+def decode_windows(model, tokenizer: Tokenizer, requests: list[WindowRequest], suppress: list[int],
+                   n_text_ctx: int = 448, n_audio_ctx: int = 1500, audio=None) -> list[DecodingResult]:
+    """Decode windows of one batch key (``batch_key``) as one batch: the encoder runs once on the stacked windows
+    (unless ``audio``, their encoder output, is given) and the decoder on every row at once. Each row keeps its own
+    prompt, language and sampling Generator, and its result is the one it gets decoded alone: finished rows keep
+    stepping (their picks are ignored) until every row has finished or the length limit is reached."""
+    options = requests[0].options
+    n_rows = len(requests)
     temperature = float(options.temperature)
     _verify_group_options(options)
-    if temperature > 0 and rng is None:
-        rng = np.random.default_rng(0)
+    rngs = [r.rng if r.rng is not None or temperature == 0 else np.random.default_rng(0) for r in requests]
     if audio is None:
-        audio = model.encode(mel_window[None].astype(np.float32))
-    language = options.language
-    if tokenizer.languages and language is None:
-        language = detect_language(model, tokenizer, audio)
-    sot_seq = sot_sequence(tokenizer, language, options.task, options.without_timestamps)
-    initial = list(sot_seq)
-    if prompt:
-        initial = [tokenizer.sot_prev] + list(prompt)[-(n_text_ctx // 2 - 1):] + initial
+        audio = model.encode(np.stack([r.mel for r in requests]).astype(np.float32))
+    languages = [r.options.language for r in requests]
+    if tokenizer.languages and None in languages:
+        detected = detect_languages(model, tokenizer, audio, n_rows)
+        languages = [lang or detected[k] for k, lang in enumerate(languages)]
+    initials = [_initial_tokens(tokenizer, r.options, languages[k], r.prompt, n_text_ctx)
+                for k, r in enumerate(requests)]
+    if len({len(i) for i in initials}) != 1:
+        raise ValueError("rows of one decoder batch need initial token sequences of one length (see batch_key)")
+    initial = initials[0]
     sample_begin = len(initial)
     sot_index = initial.index(tokenizer.sot)
     sample_len = options.sample_len or n_text_ctx // 2
@@ -372,51 +432,57 @@ def decode_window(model, tokenizer: Tokenizer, mel_window: np.ndarray, options: 
         filters.append(ApplyTimestampRules(tokenizer, sample_begin, max_idx))
 
     if (options.beam_size or options.best_of or 1) > 1:  # beam search, or best-of-n sampling
-        return decode_group(model, tokenizer, audio, initial, sample_begin, sot_index, filters, options, language,
-                            n_text_ctx, sample_len, rng)
+        if n_rows != 1:
+            raise ValueError("beam search and best_of decode one window at a time (see batch_key)")
+        return [decode_group(model, tokenizer, audio, initial, sample_begin, sot_index, filters, options,
+                             languages[0], n_text_ctx, sample_len, rngs[0])]
 
-    tokens = np.array([initial], dtype=np.int64)
+    eot = tokenizer.eot
+    tokens = np.array(initials, dtype=np.int64)
     feed = tokens
     cache = None
-    sum_logprob = 0.0
-    no_speech_prob = float("nan")
-    if temperature == 0 and hasattr(model, "greedy_step"):
-        # the compiled decoder applies the same filters and picks the token itself: no logits reach the host
+    sum_logprob = np.zeros(n_rows, dtype=np.float64)
+    no_speech_prob = np.full(n_rows, np.nan)
+    done = np.zeros(n_rows, dtype=bool)
+    greedy_graph = temperature == 0 and hasattr(model, "greedy_step")
+    if greedy_graph:  # the compiled decoder applies the same filters and picks the token: no logits reach the host
         suppress_all = tuple(sorted({i for f in filters for i in f.suppress}))
-        for i in range(sample_len):
+    for i in range(sample_len):
+        if greedy_graph:
             rules = pick_rules(filters, tokens, sot_index if i == 0 else 0, tokenizer)  # the SOT row: prompt only
             next_ids, logprob, nospeech, cache, feed = model.greedy_step(feed, audio, cache, rules, suppress_all)
             if i == 0:
-                no_speech_prob = float(np.exp(nospeech[0]))
-            next_token = int(next_ids[0])
-            sum_logprob += float(logprob[0])
-            tokens = np.concatenate([tokens, [[next_token]]], axis=1)
-            if next_token == tokenizer.eot or tokens.shape[1] > n_text_ctx:
-                break
-        return _result(tokenizer, tokens, sample_begin, sum_logprob, no_speech_prob, language, temperature)
-    for i in range(sample_len):
-        logits_all, cache = model.decode(feed, audio, cache)
-        if i == 0:
-            probs_at_sot = np.exp(_log_softmax(logits_all[:, sot_index]))
-            no_speech_prob = float(probs_at_sot[0, tokenizer.no_speech])
-        logits = np.array(logits_all[:, -1], dtype=np.float32)  # a copy: filters write into it
-        for f in filters:
-            f.apply(logits, tokens)
-        if temperature == 0:
-            next_token = int(np.argmax(logits[0]))
+                no_speech_prob = np.exp(np.asarray(nospeech, dtype=np.float64))
+            next_ids = np.asarray(next_ids, dtype=np.int64)
+            step_logprob = np.asarray(logprob, dtype=np.float64)
         else:
-            next_token = _sample(logits[0], temperature, rng)
-        sum_logprob += float(_log_softmax(logits)[0, next_token])
-        tokens = np.concatenate([tokens, [[next_token]]], axis=1)
-        if next_token == tokenizer.eot or tokens.shape[1] > n_text_ctx:
+            logits_all, cache = model.decode(feed, audio, cache)
+            if i == 0:
+                no_speech_prob = np.exp(_log_softmax(logits_all[:, sot_index]))[:, tokenizer.no_speech]
+            logits = np.array(logits_all[:, -1], dtype=np.float32)  # a copy: filters write into it
+            for f in filters:
+                f.apply(logits, tokens)
+            if temperature == 0:
+                next_ids = logits.argmax(axis=-1).astype(np.int64)
+            else:  # a finished row draws nothing, so each row's Generator sees the draws it sees alone
+                next_ids = np.array([eot if done[k] else _sample(logits[k], temperature, rngs[k])
+                                     for k in range(n_rows)], dtype=np.int64)
+            step_logprob = _log_softmax(logits)[np.arange(n_rows), next_ids]
+        sum_logprob += np.where(done, 0.0, step_logprob)
+        next_ids = np.where(done, eot, next_ids)
+        tokens = np.concatenate([tokens, next_ids[:, None]], axis=1)
+        done |= next_ids == eot
+        if done.all() or tokens.shape[1] > n_text_ctx:
             break
-        feed = tokens[:, -1:]
-    return _result(tokenizer, tokens, sample_begin, sum_logprob, no_speech_prob, language, temperature)
+        if not greedy_graph:
+            feed = tokens[:, -1:]
+    return [_result(tokenizer, tokens[k], sample_begin, float(sum_logprob[k]), float(no_speech_prob[k]),
+                    languages[k], temperature) for k in range(n_rows)]
 
 
 def _result(tokenizer: Tokenizer, tokens: np.ndarray, sample_begin: int, sum_logprob: float, no_speech_prob: float,
             language: str | None, temperature: float) -> DecodingResult:
-    sampled = tokens[0, sample_begin:].tolist()
+    sampled = tokens[sample_begin:].tolist()
     if tokenizer.eot in sampled:
         sampled = sampled[:sampled.index(tokenizer.eot)]
     text = tokenizer.decode(sampled).strip()
@@ -480,28 +546,18 @@ def needs_fallback(result: DecodingResult, compression_ratio_threshold: float | 
     return fallback
 
 
-def transcribe(model, tokenizer: Tokenizer, mel: np.ndarray, options: DecodingOptions, suppress: list[int],
-               n_text_ctx: int = 448, n_audio_ctx: int = 1500, condition_on_previous_text: bool = True,
-               temperature: float | tuple[float, ...] = TEMPERATURES,
-               compression_ratio_threshold: float | None = 2.4, logprob_threshold: float | None = -1.0,
-               no_speech_threshold: float | None = 0.6, seed: int | None = 0,
-               silence_mel_threshold: float | None = SILENCE_MEL_THRESHOLD, word_timestamps: bool = False,
-               prepend_punctuations: str = timing.PREPEND_PUNCTUATIONS,
-               append_punctuations: str = timing.APPEND_PUNCTUATIONS) -> dict:
-    """openai's sequential 30 s window loop over a whole-file mel (n_mels, frames incl. 30 s of padding).
-
-    Segments are cut at timestamp pairs and the window advances to the last timestamp, with the previous windows'
-    text as the prompt (reset after a window decoded at temperature > 0.5). Each window falls back through
-    ``temperature`` (a number or a tuple) as openai's decode_with_fallback does; windows judged silent are skipped.
-    ``seed`` seeds the numpy Generator used for sampling at temperature > 0 (None: unseeded).
-
-    One addition to openai: a window whose audio is silent in the log-mel (see ``is_silent``) is skipped without
-    decoding — openai decodes it and tiny.en then invents a word ("you") on 30 s of silence, because its
-    no-speech test needs a low log-prob too. ``silence_mel_threshold=None`` turns this off (exactly openai).
-
-    ``word_timestamps``: each segment gets ``words`` from the alignment heads' cross-attention and DTW
-    (``timing.add_word_timestamps``), and the window advances to the last word's end, as openai's transcribe does.
-    """
+def _window_loop(tokenizer: Tokenizer, mel: np.ndarray, options: DecodingOptions, n_text_ctx: int = 448,
+                 n_audio_ctx: int = 1500, condition_on_previous_text: bool = True,
+                 temperature: float | tuple[float, ...] = TEMPERATURES,
+                 compression_ratio_threshold: float | None = 2.4, logprob_threshold: float | None = -1.0,
+                 no_speech_threshold: float | None = 0.6, seed: int | None = 0,
+                 silence_mel_threshold: float | None = SILENCE_MEL_THRESHOLD, word_timestamps: bool = False,
+                 prepend_punctuations: str = timing.PREPEND_PUNCTUATIONS,
+                 append_punctuations: str = timing.APPEND_PUNCTUATIONS, model=None):
+    """openai's sequential 30 s window loop for one file, as a generator: it yields a ``WindowRequest`` for every
+    decoding attempt and is sent back ``(DecodingResult, audio)`` (audio: the window's encoder output when the request
+    asked to keep it). Its return value (StopIteration.value) is the file's result. ``model`` is needed only for word
+    timestamps (the alignment graph). ``transcribe_many`` drives many of these at once; see ``transcribe``."""
     temperatures = [float(temperature)] if isinstance(temperature, (int, float)) else [float(t) for t in temperature]
     if not temperatures:
         raise ValueError("temperature: give at least one value")
@@ -526,15 +582,15 @@ def transcribe(model, tokenizer: Tokenizer, mel: np.ndarray, options: DecodingOp
             seek += segment_size
             continue
         prompt = all_tokens[prompt_reset_since:]
-        # word timestamps need the window's cross K/V after decoding: encode once and share it with every attempt
-        audio = model.encode(window[None].astype(np.float32)) if word_timestamps else None
+        # word timestamps need the window's cross K/V after decoding: encoded once, shared with every attempt
+        audio = None
         for t in temperatures:  # decode_with_fallback
             # openai's decode_with_fallback: beams (and patience) only at temperature 0, best_of only above it
             attempt = (replace(options, temperature=t, beam_size=None, patience=None) if t > 0
                        else replace(options, temperature=t, best_of=None))
-            result = decode_window(model, tokenizer, window, attempt, suppress,
-                                   prompt=prompt, n_text_ctx=n_text_ctx, n_audio_ctx=n_audio_ctx, rng=rng,
-                                   audio=audio)
+            result, kept = yield WindowRequest(mel=window, options=attempt, prompt=prompt, rng=rng, audio=audio,
+                                               keep_audio=word_timestamps, time_offset=time_offset)
+            audio = audio if audio is not None else kept
             if options.language is None and result.language is not None:
                 options = replace(options, language=result.language)
             if not needs_fallback(result, compression_ratio_threshold, logprob_threshold, no_speech_threshold):
@@ -604,3 +660,147 @@ def transcribe(model, tokenizer: Tokenizer, mel: np.ndarray, options: DecodingOp
     text = "".join(s.text for s in segments)
     language = options.language or (None if tokenizer.languages else "en")  # openai: "en" for .en models
     return {"text": text.strip(), "segments": segments, "windows": windows, "language": language}
+
+
+def decode_requests(model, tokenizer: Tokenizer, requests: list[WindowRequest], suppress: list[int],
+                    n_text_ctx: int = 448, n_audio_ctx: int = 1500) -> list[tuple[DecodingResult, object]]:
+    """One round of the driver: the requests grouped by ``batch_key`` (in order of first appearance), each group
+    encoded and decoded as one batch. Returns (result, audio) per request, in order; audio is the row's encoder
+    output (batch 1) when the request asked to keep it, else None."""
+    groups: dict[tuple, list[int]] = {}
+    for k, r in enumerate(requests):
+        groups.setdefault(batch_key(r, tokenizer, n_text_ctx), []).append(k)
+    out: list = [None] * len(requests)
+    for rows in groups.values():
+        group = [requests[k] for k in rows]
+        audio = group[0].audio  # given only for a request alone in its group
+        if audio is None:
+            audio = model.encode(np.stack([r.mel for r in group]).astype(np.float32))
+        results = decode_windows(model, tokenizer, group, suppress, n_text_ctx, n_audio_ctx, audio=audio)
+        for j, (k, res) in enumerate(zip(rows, results)):
+            kept = None
+            if requests[k].keep_audio:
+                kept = audio if len(rows) == 1 else _audio_row(model, audio, j, requests[k].mel)
+            out[k] = (res, kept)
+    return out
+
+
+def _audio_row(model, audio, row: int, mel: np.ndarray):
+    """Row ``row`` of a batch's encoder output, as batch 1 (``model.select_audio``; else the window encoded again)."""
+    if hasattr(model, "select_audio"):
+        return model.select_audio(audio, [row])
+    return model.encode(mel[None].astype(np.float32))
+
+
+@dataclass
+class Progress:
+    """What ``transcribe_many`` reports after every round: files finished (transcribed or failed) of the total
+    (None for an iterable of unknown length), and seconds of audio done (finished files whole, the others up to
+    the window being decoded)."""
+
+    files_done: int
+    files_total: int | None
+    audio_seconds: float
+
+
+def transcribe_many(model, tokenizer: Tokenizer, mels, options: DecodingOptions, suppress: list[int], *,
+                    batch_size: int = 1, progress=None, n_text_ctx: int = 448, n_audio_ctx: int = 1500, **kwargs):
+    """Transcribe many files, their windows sharing decoder batches; yields each file's result in input order.
+
+    ``mels``: whole-file mels as ``transcribe`` takes them, or zero-argument callables returning one (loaded only
+    when the file's turn comes; an ``AudioError`` raised while loading is yielded as that file's result instead of
+    a dict, and the other files go on). Up to ``batch_size`` files are in flight: every round each of them asks for
+    one window (its next window, or the next fallback temperature of the current one), the requests are grouped
+    by ``batch_key`` and each group is decoded as one batch (``decode_requests``); a file that finishes makes room
+    for the next. Every file runs openai's window loop (``_window_loop``) unchanged, so its result is the one
+    ``transcribe`` gives it alone; batch_size=1 is exactly the sequential loop. ``progress``: called with a
+    ``Progress`` after every round and every finished file. ``kwargs``: ``transcribe``'s options, for every file."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+    total = len(mels) if hasattr(mels, "__len__") else None
+    queue = iter(enumerate(mels))
+    loop_kwargs = dict(kwargs, n_text_ctx=n_text_ctx, n_audio_ctx=n_audio_ctx)
+    if loop_kwargs.get("word_timestamps"):
+        loop_kwargs["model"] = model
+    active: list[list] = []  # [index, generator, pending request, seconds of audio]
+    finished: dict[int, object] = {}
+    done_seconds, n_done, next_out, exhausted = 0.0, 0, 0, False
+
+    def report():
+        if progress is not None:
+            busy = sum(a[2].time_offset for a in active)
+            progress(Progress(n_done, total, done_seconds + busy))
+
+    while True:
+        while len(active) < batch_size and not exhausted:  # admit files until the batch is full
+            try:
+                index, item = next(queue)
+            except StopIteration:
+                exhausted = True
+                break
+            try:
+                mel = item() if callable(item) else item
+            except AudioError as e:  # a file that cannot be read is that file's result; the others go on
+                finished[index] = e
+                n_done += 1
+                report()
+                continue
+            seconds = (mel.shape[-1] - N_FRAMES) * HOP_LENGTH / SAMPLE_RATE
+            gen = _window_loop(tokenizer, mel, options, **loop_kwargs)
+            try:
+                active.append([index, gen, next(gen), seconds])
+            except StopIteration as stop:  # nothing to decode (no audio, or all silent)
+                finished[index] = stop.value
+                n_done += 1
+                done_seconds += seconds
+                report()
+        while next_out in finished:
+            yield finished.pop(next_out)
+            next_out += 1
+        if not active:  # admission stops early only when the batch is full: nothing is left
+            return
+        responses = decode_requests(model, tokenizer, [a[2] for a in active], suppress, n_text_ctx, n_audio_ctx)
+        still = []
+        for a, response in zip(active, responses):
+            try:
+                a[2] = a[1].send(response)
+                still.append(a)
+            except StopIteration as stop:
+                finished[a[0]] = stop.value
+                n_done += 1
+                done_seconds += a[3]
+        active = still
+        report()
+
+
+def transcribe(model, tokenizer: Tokenizer, mel: np.ndarray, options: DecodingOptions, suppress: list[int],
+               n_text_ctx: int = 448, n_audio_ctx: int = 1500, condition_on_previous_text: bool = True,
+               temperature: float | tuple[float, ...] = TEMPERATURES,
+               compression_ratio_threshold: float | None = 2.4, logprob_threshold: float | None = -1.0,
+               no_speech_threshold: float | None = 0.6, seed: int | None = 0,
+               silence_mel_threshold: float | None = SILENCE_MEL_THRESHOLD, word_timestamps: bool = False,
+               prepend_punctuations: str = timing.PREPEND_PUNCTUATIONS,
+               append_punctuations: str = timing.APPEND_PUNCTUATIONS) -> dict:
+    """openai's sequential 30 s window loop over a whole-file mel (n_mels, frames incl. 30 s of padding).
+
+    Segments are cut at timestamp pairs and the window advances to the last timestamp, with the previous windows'
+    text as the prompt (reset after a window decoded at temperature > 0.5). Each window falls back through
+    ``temperature`` (a number or a tuple) as openai's decode_with_fallback does; windows judged silent are skipped.
+    ``seed`` seeds the numpy Generator used for sampling at temperature > 0 (None: unseeded).
+
+    One addition to openai: a window whose audio is silent in the log-mel (see ``is_silent``) is skipped without
+    decoding — openai decodes it and tiny.en then invents a word ("you") on 30 s of silence, because its
+    no-speech test needs a low log-prob too. ``silence_mel_threshold=None`` turns this off (exactly openai).
+
+    ``word_timestamps``: each segment gets ``words`` from the alignment heads' cross-attention and DTW
+    (``timing.add_word_timestamps``), and the window advances to the last word's end, as openai's transcribe does.
+
+    This is ``transcribe_many`` with one file (the loop itself is ``_window_loop``).
+    """
+    return next(transcribe_many(
+        model, tokenizer, [mel], options, suppress, batch_size=1, n_text_ctx=n_text_ctx, n_audio_ctx=n_audio_ctx,
+        condition_on_previous_text=condition_on_previous_text, temperature=temperature,
+        compression_ratio_threshold=compression_ratio_threshold, logprob_threshold=logprob_threshold,
+        no_speech_threshold=no_speech_threshold, seed=seed, silence_mel_threshold=silence_mel_threshold,
+        word_timestamps=word_timestamps, prepend_punctuations=prepend_punctuations,
+        append_punctuations=append_punctuations))

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .audio import N_SAMPLES, load_audio
-from .decoding import DecodingOptions, suppress_ids, transcribe
+from .decoding import DecodingOptions, suppress_ids, transcribe_many
 from .tokenizer import Tokenizer
 
 # MAX's device memory manager reserves about 90 % of the GPU by default (an H200: 126 GiB for tiny.en); a pool of 1 %
@@ -121,13 +121,19 @@ class Whisper:
         self.tokenizer = Tokenizer.from_file(self.folder / "vocab.json", m["tokens"])
         self.suppress = suppress_ids(self.tokenizer, m["generation"]["suppress_tokens"])
         self.load_seconds = time.perf_counter() - t0
-        d = self.dims
-        shape = (d["n_text_layer"], 1, d["n_text_head"], 0, d["n_text_state"] // d["n_text_head"])
-        self._empty_cache = _empty(shape, m["precision"]["kv_cache"], self.device)
+        self._empty_caches: dict = {}  # batch → an empty KV cache (decode's first call)
         self._biases: dict = {}
         self._kv: dict = {}  # batch → (K, V) cache buffers of the step graph
         self._captured: dict = {}  # batch → the captured step graph's inputs and outputs
         self._capture = os.environ.get("MWC_NO_CAPTURE", "") in ("", "0")
+
+    def _empty_cache(self, batch: int):
+        """A KV cache holding no tokens, for ``batch`` rows (made once per batch size)."""
+        if batch not in self._empty_caches:
+            d = self.dims
+            shape = (d["n_text_layer"], batch, d["n_text_head"], 0, d["n_text_state"] // d["n_text_head"])
+            self._empty_caches[batch] = _empty(shape, self.manifest["precision"]["kv_cache"], self.device)
+        return self._empty_caches[batch]
 
     def _in(self, x):
         """An input for the graphs: numpy on the CPU, a device buffer on an accelerator (graph outputs pass as is)."""
@@ -157,7 +163,7 @@ class Whisper:
         return {"xa": xa, "cross_k": k, "cross_v": v}
 
     def _decoder(self, tokens, audio: dict, cache, bias, rules):
-        k, v = cache if cache is not None else (self._empty_cache, self._empty_cache)
+        k, v = cache if cache is not None else (self._empty_cache(tokens.shape[0]),) * 2
         if isinstance(tokens, np.ndarray):
             tokens = np.ascontiguousarray(tokens, dtype=np.int64)
         return self.models["decoder"].execute(self._in(tokens), k, v, audio["cross_k"], audio["cross_v"], bias,
@@ -251,6 +257,11 @@ class Whisper:
         k, v = self._gather(audio["cross_k"], audio["cross_v"], [0] * n)
         return {"cross_k": k, "cross_v": v}
 
+    def select_audio(self, audio: dict, rows) -> dict:
+        """Rows ``rows`` of a batch's encoder output (cross K/V only: what the decoder and alignment graphs read)."""
+        k, v = self._gather(audio["cross_k"], audio["cross_v"], rows)
+        return {"cross_k": k, "cross_v": v}
+
     def reorder_cache(self, cache, ids):
         """The self-attention cache with its rows taken from ``ids`` (the source beam of each kept beam)."""
         return self._gather(cache[0], cache[1], ids)
@@ -282,11 +293,38 @@ class Whisper:
         append_punctuations."""
         if not isinstance(audio, np.ndarray):
             audio = load_audio(audio)
+        return next(self.transcribe_many([audio], batch_size=1, language=language, task=task,
+                                         without_timestamps=without_timestamps, beam_size=beam_size,
+                                         best_of=best_of, patience=patience, length_penalty=length_penalty,
+                                         **kwargs))
+
+    def transcribe_many(self, audios, batch_size: int | None = None, progress=None, language: str | None = None,
+                        task: str = "transcribe", without_timestamps: bool = False, beam_size: int | None = None,
+                        best_of: int | None = None, patience: float | None = None,
+                        length_penalty: float | None = None, **kwargs):
+        """Transcribe many paths or arrays with their 30 s windows sharing decoder batches; yields, in input
+        order, each file's result (the dict ``transcribe`` returns, the same tokens) or the ``AudioError`` that
+        file raised (the others go on). Files are read when their turn comes. ``batch_size``: files in flight at
+        once (default ``default_batch_size``: 8 on a GPU, 1 on a CPU); ``progress``: called with a
+        ``decoding.Progress`` (files done of the total, seconds of audio done) as the work advances; the other
+        options as ``transcribe``."""
         options = DecodingOptions(language=language, task=task, without_timestamps=without_timestamps,
                                   beam_size=beam_size, best_of=best_of, patience=patience,
                                   length_penalty=length_penalty)
-        return transcribe(self, self.tokenizer, self.log_mel(audio), options, self.suppress,
-                          n_text_ctx=self.dims["n_text_ctx"], n_audio_ctx=self.dims["n_audio_ctx"], **kwargs)
+
+        def loader(a):
+            return lambda: self.log_mel(a if isinstance(a, np.ndarray) else load_audio(a))
+
+        items = [loader(a) for a in audios]
+        return transcribe_many(self, self.tokenizer, items, options, self.suppress,
+                               batch_size=batch_size or self.default_batch_size, progress=progress,
+                               n_text_ctx=self.dims["n_text_ctx"], n_audio_ctx=self.dims["n_audio_ctx"], **kwargs)
+
+    @property
+    def default_batch_size(self) -> int:
+        """Files decoded together by default: 8 on a GPU (a step costs about the same at batch 8 as at 1), 1 on a
+        CPU (the encoder, most of a short file's time there, costs the same per window at any batch)."""
+        return 8 if self.device is not None else 1
 
 
 def load(folder: str | Path) -> Whisper:
