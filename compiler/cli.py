@@ -127,9 +127,11 @@ def inspect(artifact: Path, as_json: bool, check: bool) -> None:
 @main.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--checkpoint", default=None, help="the source checkpoint (default: the one named in the manifest)")
-@click.option("--reference", type=click.Choice(["numpy", "transformers"]), default="numpy", show_default=True,
-              help="reference implementation: numpy float64, or transformers' WhisperForConditionalGeneration "
-                   "(float64, built from the same checkpoint; needs transformers and torch)")
+@click.option("--reference", type=click.Choice(["numpy", "transformers", "onnxruntime"]), default="numpy",
+              show_default=True,
+              help="reference implementation: numpy float64, transformers' WhisperForConditionalGeneration "
+                   "(float64, built from the same checkpoint; needs transformers and torch), or onnxruntime running "
+                   "an ONNX input's own graphs (needs onnxruntime)")
 @click.option("--audio", "audio", multiple=True, type=click.Path(path_type=Path), help="an audio file (repeatable)")
 @click.option("--manifest", "manifest_path", type=click.Path(path_type=Path), default=None,
               help="a manifest.jsonl of clips with reference texts (WER is computed over them)")

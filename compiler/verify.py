@@ -117,7 +117,7 @@ def reference_clip(ref, tk, suppress: list[int], audio: np.ndarray, language: st
             "text": result["text"]}
 
 
-REFERENCE_CODE = ("reference.py", "reference_hf.py", "verify.py", "parity.py", "runtime/decoding.py",
+REFERENCE_CODE = ("reference.py", "reference_hf.py", "reference_ort.py", "verify.py", "parity.py", "runtime/decoding.py",
                   "runtime/tokenizer.py", "runtime/mel.py", "runtime/audio.py")
 CACHE_VERSION = 2
 
@@ -180,17 +180,23 @@ def verify_clip(runtime, want: dict, audio: np.ndarray, clip: Clip, language: st
 
 
 def make_reference(name: str, ck: Checkpoint):
-    """numpy (float64, always there) or transformers (float64 WhisperForConditionalGeneration, when installed)."""
+    """numpy (float64, always there), transformers (float64 WhisperForConditionalGeneration, when installed) or
+    onnxruntime (an ONNX export's own graphs, for ONNX inputs)."""
     if name == "numpy":
         return NumpyWhisper(ck)
     if name == "transformers":
         from .reference_hf import TransformersWhisper
 
         return TransformersWhisper(ck)
-    raise MwcError(f"unknown reference {name!r}; choose numpy or transformers")
+    if name == "onnxruntime":
+        from .reference_ort import OnnxRuntimeWhisper
+
+        return OnnxRuntimeWhisper(ck)
+    raise MwcError(f"unknown reference {name!r}; choose numpy, transformers or onnxruntime")
 
 
-REFERENCE_NAMES = {"numpy": "numpy float64", "transformers": "transformers WhisperForConditionalGeneration float64"}
+REFERENCE_NAMES = {"numpy": "numpy float64", "transformers": "transformers WhisperForConditionalGeneration float64",
+                   "onnxruntime": "onnxruntime, the ONNX export's own graphs (float32)"}
 
 
 def run_verify(artifact: Path, ck: Checkpoint, clips: list[Clip], log=print, reference: str = "numpy",
