@@ -42,17 +42,32 @@ def tiny_en_checkpoint(tiny_en_dir):
     return load_checkpoint(str(tiny_en_dir))
 
 
+def compiled(name: str, model: Path, out: Path, *flags: str) -> Path:
+    """``mwc compile MODEL FLAGS -o OUT``, asserting success. Development shortcut (CI always compiles):
+    MWC_TEST_ARTIFACTS=DIR reuses DIR/NAME — tiny-fp32, tiny-fp16, tiny-bf16, tiny-int8, base-fp32, the names
+    tests use for `mwc compile <tiny.en or base> --<precision>` with default options — when it holds an artifact
+    of the same checkpoint (manifest source sha256) and precision."""
+    reuse = Path(os.environ["MWC_TEST_ARTIFACTS"]) / name if os.environ.get("MWC_TEST_ARTIFACTS") else None
+    if reuse is not None and (reuse / "manifest.json").is_file():
+        from compiler.readers import load_checkpoint
+
+        m = json.loads((reuse / "manifest.json").read_text())
+        precision = next((f[2:] for f in flags if f in ("--fp16", "--bf16", "--int8")), "fp32")
+        if m["precision"]["name"] == precision and m["source"]["sha256"] == load_checkpoint(str(model)).source_sha256():
+            return reuse
+    r = mwc("compile", str(model), *flags, "-o", str(out))
+    assert r.returncode == 0, r.stdout + r.stderr
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_en_artifact(tiny_en_dir, tmp_path_factory) -> Path:
     """Compiled once per run; MWC_TEST_ARTIFACT=DIR reuses a tiny.en fp32 CPU artifact compiled by this code
-    (a development shortcut: CI always compiles)."""
+    (a development shortcut: CI always compiles), as does MWC_TEST_ARTIFACTS=DIR with DIR/tiny-fp32."""
     reuse = os.environ.get("MWC_TEST_ARTIFACT")
     if reuse:
         return Path(reuse)
-    out = tmp_path_factory.mktemp("artifacts") / "tiny.en"
-    r = mwc("compile", str(tiny_en_dir), "-o", str(out))
-    assert r.returncode == 0, r.stdout + r.stderr
-    return out
+    return compiled("tiny-fp32", tiny_en_dir, tmp_path_factory.mktemp("artifacts") / "tiny.en")
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import mwc
+from conftest import compiled
 from helpers import join_split_ct2
 from test_artifact import normalize
 
@@ -54,9 +54,7 @@ def base_dir() -> Path:
 
 @pytest.fixture(scope="module")
 def base_model(base_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("base") / "base"
-    r = mwc("compile", str(base_dir), "-o", str(out))
-    assert r.returncode == 0, r.stdout + r.stderr
+    out = compiled("base-fp32", base_dir, tmp_path_factory.mktemp("base") / "base")
     m = json.loads((out / "manifest.json").read_text())
     assert m["name"] == "whisper-base" and m["dims"]["n_audio_layer"] == 6 and m["dims"]["n_vocab"] == 51865
     assert json.loads((out / "parity.json").read_text())["passed"]

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import mwc
+from conftest import compiled
 from test_artifact import assert_transcribes_jfk
 
 from compiler.weights import safetensors_header
@@ -37,9 +37,7 @@ def test_quantize_int8_per_output_channel():
 
 @pytest.mark.slow
 def test_int8_artifact(tiny_en_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("int8") / "tiny.en-int8"
-    r = mwc("compile", str(tiny_en_dir), "--int8", "-o", str(out))
-    assert r.returncode == 0, r.stdout + r.stderr
+    out = compiled("tiny-int8", tiny_en_dir, tmp_path_factory.mktemp("int8") / "tiny.en-int8", "--int8")
     plan = json.loads((out / "manifest.json").read_text())["precision"]
     assert plan["name"] == "int8" and plan["quantized"] == "int8" and plan["matmul"] == "float32"
     header = safetensors_header(out / "weights.safetensors")[0]

@@ -6,16 +6,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import mwc
+from conftest import compiled
 from test_artifact import assert_transcribes_jfk
 
 from compiler.weights import safetensors_header
 
 
 def test_fp16_artifact(tiny_en_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("fp16") / "tiny.en-fp16"
-    r = mwc("compile", str(tiny_en_dir), "--fp16", "-o", str(out))
-    assert r.returncode == 0, r.stdout + r.stderr
+    out = compiled("tiny-fp16", tiny_en_dir, tmp_path_factory.mktemp("fp16") / "tiny.en-fp16", "--fp16")
     m = json.loads((out / "manifest.json").read_text())
     plan = m["precision"]
     assert plan["name"] == "fp16" and plan["weights"] == "float16" and plan["kv_cache"] == "float16"
@@ -56,9 +54,7 @@ def test_bf16_artifact(tiny_en_dir, tmp_path_factory):
     """bf16 on the CPU passes its own parity gate. MAX 26.7's CPU conv2d accumulates bf16 in bf16 (1.2 relative
     error on tiny.en's encoder; tests/probe_bf16_conv.py isolates it), so the CPU bf16 plan runs the two
     convolutions in fp32 on the bf16 weights."""
-    out = tmp_path_factory.mktemp("bf16") / "tiny.en-bf16"
-    r = mwc("compile", str(tiny_en_dir), "--bf16", "-o", str(out))
-    assert r.returncode == 0, r.stdout + r.stderr
+    out = compiled("tiny-bf16", tiny_en_dir, tmp_path_factory.mktemp("bf16") / "tiny.en-bf16", "--bf16")
     plan = json.loads((out / "manifest.json").read_text())["precision"]
     assert plan["name"] == "bf16" and plan["weights"] == plan["matmul"] == "bfloat16"  # calibration may raise others
     assert plan["conv"] == "float32"
