@@ -110,6 +110,38 @@ def verify_artifact(art: Path, args, log) -> dict:
     return report
 
 
+def warm(art: Path, args, log) -> None:
+    """Fill --cache with the reference's side of every clip for ``art``'s checkpoint without loading the artifact
+    (its manifest gives the tokens and the suppress list): the slow float64 part, run ahead of the compile."""
+    from compiler.reference import NumpyWhisper
+    from compiler.runtime.audio import AudioError, load_audio
+    from compiler.runtime.decoding import suppress_ids
+    from compiler.runtime.tokenizer import Tokenizer
+    from compiler.verify import _cache_load, _cache_store, reference_clip, reference_key
+
+    m = json.loads((art / "manifest.json").read_text())
+    ck = load_checkpoint(args.checkpoint.get(m["name"]) or m["source"]["checkpoint"])
+    clips = clips_from_manifest(args.manifest, english_only=not ck.multilingual, limit=args.limit,
+                                every=not args.texted_only)
+    tk = Tokenizer.from_file(art / "vocab.json", m["tokens"])
+    suppress = suppress_ids(tk, m["generation"]["suppress_tokens"])
+    sha, ref = ck.source_sha256(), None
+    for clip in clips:
+        language = clip.language if ck.multilingual else None
+        path = args.cache / f"{reference_key(sha, 'numpy', clip.path, language, suppress, m['tokens'])}.npz"
+        if _cache_load(path) is not None:
+            continue
+        try:
+            audio = load_audio(clip.path)
+        except AudioError as e:
+            log(f"  {e}")
+            continue
+        t = time.perf_counter()
+        ref = ref or NumpyWhisper(ck)
+        _cache_store(path, reference_clip(ref, tk, suppress, audio, language))
+        log(f"  {m['name']} {clip.path.name}: reference in {time.perf_counter() - t:.1f} s")
+
+
 def summarize(reports: list[dict], wer_margin: float) -> list[dict]:
     fp32 = {r["manifest"]["source"]["sha256"]: r for r in reports if r["precision"] == "fp32"}
     out = []
@@ -163,10 +195,19 @@ def main(argv=None) -> int:
     ap.add_argument("--texted-only", action="store_true", help="only clips with a text, no edge clips (mwc verify)")
     ap.add_argument("--limit", type=int, default=None, help="the first N clips of the manifest")
     ap.add_argument("--wer-margin", type=float, default=0.003, help="reduced precision's WER vs fp32, absolute")
+    ap.add_argument("--warm", action="store_true",
+                    help="only fill --cache with the reference's results (the artifacts' manifests give the "
+                         "checkpoint, tokens and suppress list; the artifacts themselves are not loaded)")
     ap.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH",
                     help="checkpoint for artifacts named NAME (default: the manifest's source path)")
     args = ap.parse_args(argv)
     args.checkpoint = dict(c.split("=", 1) for c in args.checkpoint)
+    if args.warm:
+        if args.cache is None:
+            ap.error("--warm needs --cache")
+        for a in args.artifacts:
+            warm(a, args, lambda s: print(s, file=sys.stderr, flush=True))
+        return 0
 
     def log(s):
         print(s, file=sys.stderr, flush=True)
