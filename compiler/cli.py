@@ -37,8 +37,9 @@ def main() -> None:
               help="int8 weight-only: projection weights int8 with per-output-channel scales, dequantized to fp32 "
                    "before each matmul")
 @click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
-@click.option("--attention", type=click.Choice(["mojo", "max"]), default="mojo", show_default=True,
-              help="attention kernel: the Mojo op in ops/, or MAX's matmul+softmax for non-causal attention")
+@click.option("--attention", type=click.Choice(["mojo", "max", "flash"]), default="mojo", show_default=True,
+              help="attention kernel: the Mojo op in ops/, MAX's matmul+softmax for non-causal attention, or "
+                   "(GPU) MAX's flash attention kernel for the encoder's self-attention")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               help="artifact folder (default: artifacts/NAME-PRECISION-DEVICE)")
 @click.option("--force", is_flag=True, help="replace an existing artifact folder")
@@ -56,6 +57,9 @@ def compile_cmd(model: str, precision: str, device: str, attention: str, output:
     from .readers import load_checkpoint
 
     t0 = time.perf_counter()
+    if attention == "flash" and device != "gpu":
+        raise MwcError("--attention flash is MAX's GPU flash attention kernel (it has no CPU version); "
+                       "use it with --device gpu, or --attention mojo on the CPU")
     plan = plan_for(precision, device)
     click.echo(f"[1/2] checkpoint: reading {model}")
     ck = load_checkpoint(model)

@@ -13,7 +13,9 @@ and a few integers per row (see ``PICK_RULES``), so a greedy step returns the ne
 as the next ``tokens``), their log-probs and the no-speech log-prob; the (batch, t, vocab) logits stay an output
 for sampling, beam search and parity, but a greedy loop never copies them to the host.
 Attention runs as the Mojo op ``mwc_attention`` ("mojo", the default) or, where it is not causal, as MAX's own
-matmul/softmax ("max"); causal attention is always the Mojo op (see ``attention``).
+matmul/softmax ("max"); causal attention is always the Mojo op (see ``attention``). "flash" (GPU only) runs the
+encoder's self-attention as MAX's tensor-core flash attention kernel (``mo.mha.no_cache``) and everything else as
+"mojo".
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from max.graph import BufferType, DeviceRef, Graph, Module, TensorType, TensorVa
 from .checkpoint import ModelDimensions, default_alignment_heads
 from .precision import PrecisionPlan, quant_axis, quantized_weight
 
-ATTENTION_IMPLS = ("mojo", "max")
+ATTENTION_IMPLS = ("mojo", "max", "flash")
 # columns of the decoder's ``rules`` input (batch, 12) int64: four token-id intervals [lo, hi) masked to -inf, then
 # 1 to apply openai's "timestamps likelier than any text token" rule, the row of the prompt holding
 # <|startoftranscript|> (for the no-speech probability), the <|nospeech|> id and the first timestamp id
@@ -53,7 +55,7 @@ class WhisperGraphs:
         self.graph: Graph | None = None
 
     def extensions(self, ops_dir: Path, causal: bool = False) -> list[Path]:
-        return [ops_dir] if self.attention_impl == "mojo" or causal else []
+        return [] if self.attention_impl == "max" and not causal else [ops_dir]
 
     # --- helpers -------------------------------------------------------------------------------------------------
     def w(self, name: str, shape: tuple[int, ...], dtype: DType | None = None) -> TensorValue:
@@ -140,6 +142,15 @@ class WhisperGraphs:
     def self_attention(self, x: TensorValue, p: str, n: int, n_head: int, cache: tuple | None = None):
         """openai's MultiHeadAttention with fused QKV; with a cache, K/V are appended to the past ones."""
         q, k, v = ops.split(self.linear(x, p + ".attn.qkv", 3 * n, n), [n, n, n], axis=-1)
+        if cache is None and self.attention_impl == "flash":  # the encoder: (B, T, H, 64) in and out, no permutes
+            from max.nn.attention import MHAMaskVariant
+            from max.nn.kernels import flash_attention_gpu
+
+            b, t, _ = q.shape
+            bthd = [b, t, n_head, n // n_head]
+            o = flash_attention_gpu(ops.reshape(q, bthd), ops.reshape(k, bthd), ops.reshape(v, bthd),
+                                    mask_variant=MHAMaskVariant.NULL_MASK, scale=(n // n_head) ** -0.5)
+            return self.linear(ops.reshape(o, [b, t, n]), p + ".attn.out", n, n), (None, None)
         q, k, v = self.heads(q, n_head), self.heads(k, n_head), self.heads(v, n_head)
         if cache is not None:
             k = ops.concat([cache[0], k], axis=2)

@@ -33,7 +33,7 @@ from extensibility.managed_tensor_slice import _MutableInputTensor as MutableInp
 from max.gpu.host import DeviceContext
 from std.math import exp, sqrt
 from std.memory import Pointer, stack_allocation
-from std.sys import simd_width_of
+from std.sys import simd_width_of, size_of
 from std.utils.index import IndexList
 from std.utils.numerics import FlushDenormals
 from max.gpu import thread_idx, block_idx, barrier, lane_id
@@ -696,6 +696,112 @@ def _attn_decode_gpu_kernel[
                 op[unsafe_offset=obase + col] = (o[c] * inv).cast[dtype]()
 
 
+comptime D64_VW = 8  # elements per vector load of a 64-wide row (16 bytes in fp16/bf16)
+comptime DW64 = 8  # warps per block of the head-dim-64 decode kernel (256 threads: room for its registers)
+
+
+def _attn_decode64_gpu_kernel[
+    dtype: DType, dyn: Bool
+](
+    qp: Pointer[Scalar[dtype], MutAnyOrigin],
+    kp: Pointer[Scalar[dtype], MutAnyOrigin],
+    vp: Pointer[Scalar[dtype], MutAnyOrigin],
+    op: Pointer[Scalar[dtype], MutAnyOrigin],
+    posp: Pointer[Int64, MutAnyOrigin],
+    H: Int32,
+    Tk: Int32,
+    qs0: Int64, qs1: Int64,
+    ks0: Int64, ks1: Int64, ks2: Int64,
+    vs0: Int64, vs1: Int64, vs2: Int64,
+    os0: Int64, os1: Int64,
+    scale: Float32,
+):
+    """One query row against Tk keys for head dim 64 (every Whisper size), latency-tuned: the block's DW64 warps
+    take 32-key tiles w, w + DW, ...; lane r scores key j0 + r on its own (the key row in 8 independent vector
+    loads, q in registers) so a tile costs one round of loads instead of 32 dependent load+reduce steps; P V
+    then broadcasts each probability and every lane accumulates two adjacent output columns from one coalesced
+    128-byte row read, unrolled over the tile's 32 keys so the loads pipeline. Warps merge through shared memory.
+    The host only takes this path when every row start is 16-byte aligned (strides multiples of 8)."""
+    comptime D = 64
+    comptime NV = D // D64_VW
+    comptime PS = D + 2  # one warp's partial state: 64 columns, m, l
+    var part = stack_allocation[DW64 * PS, Float32, address_space=AddressSpace.SHARED]()
+    var tid = Int(thread_idx.x)
+    var w = tid // 32
+    var lane = tid - w * 32
+    var bh = Int(block_idx.x)
+    var b = bh // Int(H)
+    var h = bh - b * Int(H)
+    var tk = Int(Tk)
+    comptime if dyn:
+        tk = Int(posp[unsafe_offset=0]) + 1
+    var qbase = b * Int(qs0) + h * Int(qs1)
+    var kbase = b * Int(ks0) + h * Int(ks1)
+    var vbase = b * Int(vs0) + h * Int(vs1)
+    comptime VA = D64_VW * size_of[dtype]()  # alignment of a vector load
+    var qv = Array[SIMD[F32, D64_VW], NV](fill=0)
+    comptime for c in range(NV):
+        qv[c] = qp.unsafe_load[width=D64_VW, alignment=VA](qbase + c * D64_VW).cast[F32]() * scale
+    var m_run = Float32(NEG_BIG)
+    var l_run: Float32 = 0
+    var acc = SIMD[F32, 2](0)  # output columns 2 * lane, 2 * lane + 1
+    var j0 = w * GKT
+    while j0 < tk:
+        var j = j0 + lane
+        var s = Float32(NEG_BIG)
+        if j < tk:
+            var krow = kbase + j * Int(ks2)
+            var t = SIMD[F32, D64_VW](0)
+            comptime for c in range(NV):
+                t = qv[c].fma(kp.unsafe_load[width=D64_VW, alignment=VA](krow + c * D64_VW).cast[F32](), t)
+            s = t.reduce_add()
+        var m_new = max(m_run, warp.max(s))
+        var alpha = exp(m_run - m_new)
+        var pj: Float32 = 0
+        if j < tk:
+            pj = exp(s - m_new)
+        l_run = l_run * alpha + warp.sum(pj)
+        m_run = m_new
+        acc = acc * alpha
+        var vcol = vbase + 2 * lane
+        if j0 + GKT <= tk:
+            comptime for r in range(GKT):
+                var pr = warp.shuffle_idx(pj, UInt32(r))
+                var vx = vp.unsafe_load[width=2, alignment=2 * size_of[dtype]()](vcol + (j0 + r) * Int(vs2))
+                acc = SIMD[F32, 2](pr).fma(vx.cast[F32](), acc)
+        else:
+            for r in range(tk - j0):
+                var pr = warp.shuffle_idx(pj, UInt32(r))
+                var vx = vp.unsafe_load[width=2, alignment=2 * size_of[dtype]()](vcol + (j0 + r) * Int(vs2))
+                acc = SIMD[F32, 2](pr).fma(vx.cast[F32](), acc)
+        j0 += DW64 * GKT
+    var rowp = w * PS
+    part[unsafe_offset=rowp + 2 * lane] = acc[0]
+    part[unsafe_offset=rowp + 2 * lane + 1] = acc[1]
+    if lane == 0:
+        part[unsafe_offset=rowp + D] = m_run
+        part[unsafe_offset=rowp + D + 1] = l_run
+    barrier()
+    if w == 0:
+        var mm = Float32(NEG_BIG)
+        for i in range(DW64):
+            mm = max(mm, part[unsafe_offset=i * PS + D])
+        var ll: Float32 = 0
+        var o = SIMD[F32, 2](0)
+        for i in range(DW64):
+            var f = exp(part[unsafe_offset=i * PS + D] - mm)
+            ll += part[unsafe_offset=i * PS + D + 1] * f
+            o[0] += part[unsafe_offset=i * PS + 2 * lane] * f
+            o[1] += part[unsafe_offset=i * PS + 2 * lane + 1] * f
+        var inv = Float32(1) / ll if ll > 0 else Float32(0)
+        var obase = b * Int(os0) + h * Int(os1)
+        op.unsafe_store[alignment=2 * size_of[dtype]()](obase + 2 * lane, (o * inv).cast[dtype]())
+
+
+def _aligned8(s: IndexList[3]) -> Bool:
+    return s[0] % D64_VW == 0 and s[1] % D64_VW == 0 and s[2] % D64_VW == 0
+
+
 def attention_gpu[
     dtype: DType, causal: Bool, dyn: Bool = False
 ](
@@ -720,6 +826,19 @@ def attention_gpu[
     if D > GPU_MAX_D:
         raise Error("mwc_attention: GPU path supports head dim <= 128")
     var scale = Float32(1) / sqrt(Float32(D))
+    if Tq == 1 and D == 64 and _aligned8(qs) and _aligned8(ks) and _aligned8(vs) and _aligned8(os) and (
+        Int(qp) | Int(kp) | Int(vp) | Int(op)
+    ) % (D64_VW * size_of[dtype]()) == 0:
+        ctx.enqueue_function[_attn_decode64_gpu_kernel[dtype, dyn]](
+            qp, kp, vp, op, posp, Int32(H), Int32(Tk),
+            Int64(qs[0]), Int64(qs[1]),
+            Int64(ks[0]), Int64(ks[1]), Int64(ks[2]),
+            Int64(vs[0]), Int64(vs[1]), Int64(vs[2]),
+            Int64(os[0]), Int64(os[1]),
+            scale,
+            grid_dim=B * H, block_dim=DW64 * 32,
+        )
+        return
     if Tq == 1:  # a decoder step: every key is visible (causal or not); split the keys over warps
         ctx.enqueue_function[_attn_decode_gpu_kernel[dtype, dyn]](
             qp, kp, vp, op, posp, Int32(H), Int32(Tk), Int32(D),

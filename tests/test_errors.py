@@ -32,6 +32,12 @@ def hf_small(tmp_path) -> Path:
     return write_hf_folder(tmp_path / "ck", SMALL, random_weights(SMALL))
 
 
+def test_flash_attention_needs_a_gpu(hf_small, tmp_path):
+    out = tmp_path / "out"
+    r = mwc("compile", str(hf_small), "--attention", "flash", "-o", str(out))
+    assert_clean_failure(r, out, "--attention flash", "--device gpu")
+
+
 def test_missing_path(tmp_path):
     out = tmp_path / "out"
     r = mwc("compile", str(tmp_path / "nope"), "-o", str(out))
