@@ -234,13 +234,20 @@ def _temperatures(temperature: float, increment: float | None) -> tuple[float, .
               help="rank candidates by log-prob / ((5 + length) / 6) ** ALPHA (0..1; default: / length)")
 @click.option("--word-timestamps", is_flag=True,
               help="word-level timestamps from the alignment heads' cross-attention (json gets 'words')")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="files decoded together, their windows sharing encoder and decoder batches (the same text as one "
+                   "by one; default: 8)")
 def transcribe(artifact: Path, audio: tuple[Path, ...], language: str | None, without_timestamps: bool,
                output_dir: Path | None, output_format: str | None, temperature: float, increment: float | None,
                compression_ratio_threshold: float | None, logprob_threshold: float | None,
                no_speech_threshold: float | None, condition_on_previous_text: bool, seed: int,
                silence_mel_threshold: float | None, beam_size: int | None, best_of: int | None,
-               patience: float | None, length_penalty: float | None, word_timestamps: bool) -> None:
-    """Transcribe AUDIO files with a compiled ARTIFACT; print the text and, with -o DIR, write transcript files."""
+               patience: float | None, length_penalty: float | None, word_timestamps: bool,
+               batch_size: int | None) -> None:
+    """Transcribe AUDIO files with a compiled ARTIFACT; print the text and, with -o DIR, write transcript files.
+
+    Several files are decoded together (--batch-size); each is printed and written as soon as it and the files
+    before it are done, in the order given. A progress bar (files, seconds of audio) shows on a terminal."""
     from .runtime.audio import AudioError
     from .runtime.model import ArtifactError, Whisper
     from .runtime.writers import write_result
@@ -271,27 +278,63 @@ def transcribe(artifact: Path, audio: tuple[Path, ...], language: str | None, wi
                   no_speech_threshold=no_speech_threshold, condition_on_previous_text=condition_on_previous_text,
                   seed=seed, silence_mel_threshold=silence_mel_threshold, beam_size=beam_size, best_of=best_of,
                   patience=patience, length_penalty=length_penalty, word_timestamps=word_timestamps)
-    failed = 0
-    for path in audio:
-        t = time.perf_counter()
-        try:
-            result = model.transcribe(path, language=language, without_timestamps=without_timestamps, **kwargs)
-        except AudioError as e:
-            click.echo(f"error: {e}", err=True)
+    batch = batch_size or model.default_batch_size
+    failed, t0 = 0, time.perf_counter()
+    bar = _ProgressLine(len(audio))
+    results = model.transcribe_many(audio, batch_size=batch, progress=bar.update, language=language,
+                                    without_timestamps=without_timestamps, **kwargs)
+    for path, result in zip(audio, results):
+        if isinstance(result, AudioError):
+            bar.echo(f"error: {result}", err=True)
             failed += 1
             continue
-        click.echo(result["text"] if len(audio) == 1 else f"{path}\t{result['text']}")
+        bar.echo(result["text"] if len(audio) == 1 else f"{path}\t{result['text']}")
         if output_dir is not None:
             try:
                 written = write_result(result, path, output_dir, output_format or "all")
             except OSError as e:
-                click.echo(f"error: {path}: cannot write the transcript into {output_dir} ({e})", err=True)
+                bar.echo(f"error: {path}: cannot write the transcript into {output_dir} ({e})", err=True)
                 failed += 1
                 continue
-            click.echo(f"  wrote {', '.join(Path(w).name for w in written)}", err=True)
-        click.echo(f"  ({time.perf_counter() - t:.2f} s)", err=True)
+            bar.echo(f"  wrote {', '.join(Path(w).name for w in written)}", err=True)
+    bar.close()
+    click.echo(f"  {len(audio) - failed} of {len(audio)} files, {bar.seconds:.1f} s of audio in "
+               f"{time.perf_counter() - t0:.2f} s (batch {batch})", err=True)
     if failed:
         sys.exit(1)
+
+
+class _ProgressLine:
+    """click's progress bar on stderr (files done of the total, seconds of audio), shown only on a terminal; a line
+    printed meanwhile clears it first, and the next round's update draws it again."""
+
+    def __init__(self, total: int):
+        self.seconds = 0.0
+        self.bar = None
+        if sys.stderr.isatty() and total > 1:
+            self.bar = click.progressbar(length=total, label="transcribing", file=sys.stderr, show_pos=True,
+                                         show_eta=False, item_show_func=lambda s: s)
+            self.bar.__enter__()
+
+    def update(self, p) -> None:
+        self.seconds = p.audio_seconds
+        if self.bar is not None:
+            self.bar.current_item = f"{p.audio_seconds:.0f} s of audio"
+            if p.files_done > self.bar.pos:
+                self.bar.update(p.files_done - self.bar.pos, self.bar.current_item)
+            else:
+                self.bar.render_progress()
+
+    def echo(self, line: str, err: bool = False) -> None:
+        if self.bar is not None:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+        click.echo(line, err=err)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
 
 
 @main.command()

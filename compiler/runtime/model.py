@@ -305,7 +305,7 @@ class Whisper:
         """Transcribe many paths or arrays with their 30 s windows sharing decoder batches; yields, in input
         order, each file's result (the dict ``transcribe`` returns, the same tokens) or the ``AudioError`` that
         file raised (the others go on). Files are read when their turn comes. ``batch_size``: files in flight at
-        once (default ``default_batch_size``: 8 on a GPU, 1 on a CPU); ``progress``: called with a
+        once (default ``default_batch_size``: 8); ``progress``: called with a
         ``decoding.Progress`` (files done of the total, seconds of audio done) as the work advances; the other
         options as ``transcribe``."""
         options = DecodingOptions(language=language, task=task, without_timestamps=without_timestamps,
@@ -322,9 +322,9 @@ class Whisper:
 
     @property
     def default_batch_size(self) -> int:
-        """Files decoded together by default: 8 on a GPU (a step costs about the same at batch 8 as at 1), 1 on a
-        CPU (the encoder, most of a short file's time there, costs the same per window at any batch)."""
-        return 8 if self.device is not None else 1
+        """Files decoded together by default: 8 on either device (on a 2-core CPU, tiny.en on 49 short clips took
+        144 s at batch 8 vs 241 s one by one: a decoder step of 8 rows costs little more than one of 1)."""
+        return 8
 
 
 def load(folder: str | Path) -> Whisper:
