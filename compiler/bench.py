@@ -3,7 +3,8 @@
 Workloads (the same definitions the peer script uses for faster-whisper, openai-whisper and transformers):
   MEL   log-mel of one 30 s window: the compiled mel graph, input and output on the artifact's device
   LF    long-form transcription of one file (openai's sequential 30 s windows), greedy, batch 1
-  TP    many short files, one after another
+  TP    many short files, ``batch`` files in flight at once (``transcribe_many``: their windows share decoder
+        batches)
   COLD  load the artifact and transcribe the first file (``mwc bench`` runs it in this process; the peer script
         starts a new process for it)
   W30   one 30 s window: mel + encoder + exactly ``n_tokens`` greedy tokens with end-of-text suppressed, at
@@ -139,11 +140,19 @@ def run_mwc(artifact_dir: str | Path, workload: str, files: list, *, batch: int 
         seconds, res = _best(lambda: w30(model, audios[0], batch, n_tokens), repeat)
         detail.update(res)
         detail["batch"], detail["n_tokens"] = batch, n_tokens
-    else:  # LF, TP: greedy without temperature fallback, as the peers are run
+    elif workload == "TP":  # greedy without temperature fallback, as the peers are run; files batched
+        def run():
+            return [r["text"] for r in model.transcribe_many(audios, batch_size=batch, language=language,
+                                                              temperature=0.0)]
+
+        seconds, texts = _best(run, repeat)
+        detail["rtf"] = seconds / detail["audio_seconds"]
+        detail["batch"] = batch
+    else:  # LF: greedy without temperature fallback, as the peers are run
         def run():
             return [model.transcribe(a, language=language, temperature=0.0)["text"] for a in audios]
 
-        seconds, texts = _best(run, repeat if workload == "TP" else max(1, repeat - 1))
+        seconds, texts = _best(run, max(1, repeat - 1))
         detail["rtf"] = seconds / detail["audio_seconds"]
     if model.device is not None:
         try:

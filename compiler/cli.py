@@ -342,7 +342,8 @@ class _ProgressLine:
 @click.argument("audio", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-w", "--workload", "workloads", multiple=True, type=click.Choice(["MEL", "LF", "TP", "COLD", "W30"],
               case_sensitive=False), help="workload(s) to run (default: MEL, LF, W30); see compiler/bench.py")
-@click.option("--batch", type=int, default=1, show_default=True, help="W30: copies of the window decoded at once")
+@click.option("--batch", type=int, default=1, show_default=True,
+              help="W30: copies of the window decoded at once; TP: files in flight at once")
 @click.option("--tokens", "n_tokens", type=int, default=100, show_default=True, help="W30: greedy tokens per row")
 @click.option("--repeat", type=int, default=3, show_default=True, help="timed runs after one warm-up; best counts")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object per workload")

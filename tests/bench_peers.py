@@ -9,7 +9,8 @@ timestamps on (each system's own long-form loop for LF; one window per short cli
 Workloads:
   LF    one long English file (clips of the dev set joined), long-form, batch 1: seconds, RTF, WER
   TP    N short clips (the dev clips, repeated to N): each system's best batching (faster-whisper
-        BatchedInferencePipeline, transformers generate in batches, openai-whisper and mwc sequential): seconds, WER
+        BatchedInferencePipeline, transformers generate in batches, mwc transcribe_many, openai-whisper
+        sequential): seconds, WER
   MEL   log-mel of one 30 s window with each system's own feature extractor: ms per call (median)
   COLD  a new process: import + load + transcribe examples/jfk → seconds to the first result (mwc: + compile time)
   MEM   peak device memory of each (system, workload) subprocess, sampled with nvidia-smi (n/a on CPU)
@@ -449,7 +450,8 @@ class Mwc(Peer):
         else:
             raise SystemExit(f"unknown workload {workload}")
         kw = {"repeat": s["mel_calls"] if workload == "MEL" else s["repeat"]}
-        r = self.run_mwc(s["models"]["mwc"], workload, files, batch=1, n_tokens=s["n_tokens"], **kw)
+        batch = s["tp_batch"] if workload == "TP" else 1  # TP: mwc batches files like the batched peers
+        r = self.run_mwc(s["models"]["mwc"], workload, files, batch=batch, n_tokens=s["n_tokens"], **kw)
         return {"seconds": r["seconds"], "texts": r.get("texts", []), "detail": r.get("detail", {}),
                 "runner": self.runner}
 
@@ -947,8 +949,8 @@ def notes(results: dict, lf_seconds: float | None, args) -> list[str]:
            % (args.repeat, args.mel_calls)]
     if lf_seconds:
         out.append(f"LF = {lf_seconds:.0f} s of English audio, long-form, batch 1; TP batch {args.tp_batch} for "
-                   "faster-whisper (BatchedInferencePipeline) and transformers (generate), sequential for "
-                   "openai-whisper and mwc")
+                   "faster-whisper (BatchedInferencePipeline), transformers (generate) and mwc (transcribe_many), "
+                   "sequential for openai-whisper")
     for r in results["runs"]:
         if r.get("system") != "mwc" or not r.get("ok"):
             continue
