@@ -199,6 +199,11 @@ def _temperatures(temperature: float, increment: float | None) -> tuple[float, .
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.argument("audio", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--language", default=None, help="language code (multilingual models; default: detect)")
+@click.option("--task", type=click.Choice(["transcribe", "translate"]), default="transcribe", show_default=True,
+              help="translate: speech in any language to English text (multilingual models)")
+@click.option("--language-per-window", is_flag=True,
+              help="without --language: detect the language of every 30 s window, not only the first (json: "
+                   "each segment's language)")
 @click.option("--without-timestamps", is_flag=True, help="decode without timestamp tokens")
 @click.option("-o", "--output-dir", type=click.Path(path_type=Path), default=None,
               help="write transcript files here, one per input and format, named after the input")
@@ -237,7 +242,8 @@ def _temperatures(temperature: float, increment: float | None) -> tuple[float, .
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="files decoded together, their windows sharing encoder and decoder batches (the same text as one "
                    "by one; default: 8)")
-def transcribe(artifact: Path, audio: tuple[Path, ...], language: str | None, without_timestamps: bool,
+def transcribe(artifact: Path, audio: tuple[Path, ...], language: str | None, task: str, language_per_window: bool,
+               without_timestamps: bool,
                output_dir: Path | None, output_format: str | None, temperature: float, increment: float | None,
                compression_ratio_threshold: float | None, logprob_threshold: float | None,
                no_speech_threshold: float | None, condition_on_previous_text: bool, seed: int,
@@ -277,12 +283,16 @@ def transcribe(artifact: Path, audio: tuple[Path, ...], language: str | None, wi
                   compression_ratio_threshold=compression_ratio_threshold, logprob_threshold=logprob_threshold,
                   no_speech_threshold=no_speech_threshold, condition_on_previous_text=condition_on_previous_text,
                   seed=seed, silence_mel_threshold=silence_mel_threshold, beam_size=beam_size, best_of=best_of,
-                  patience=patience, length_penalty=length_penalty, word_timestamps=word_timestamps)
+                  patience=patience, length_penalty=length_penalty, word_timestamps=word_timestamps,
+                  language_per_window=language_per_window)
     batch = batch_size or model.default_batch_size
     failed, t0 = 0, time.perf_counter()
     bar = _ProgressLine(len(audio))
-    results = model.transcribe_many(audio, batch_size=batch, progress=bar.update, language=language,
-                                    without_timestamps=without_timestamps, **kwargs)
+    try:
+        results = model.transcribe_many(audio, batch_size=batch, progress=bar.update, language=language, task=task,
+                                        without_timestamps=without_timestamps, **kwargs)
+    except ValueError as e:  # language / task the model cannot do
+        raise MwcError(f"{artifact}: {e}") from e
     for path, result in zip(audio, results):
         if isinstance(result, AudioError):
             bar.echo(f"error: {result}", err=True)

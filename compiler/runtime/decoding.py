@@ -505,15 +505,19 @@ class Segment:
     compression_ratio: float = float("nan")
     no_speech_prob: float = float("nan")
     words: list[dict] | None = None  # with word_timestamps: {word, start, end, probability} per word
+    language: str | None = None  # with language_per_window: the language detected for this segment's window
 
     def to_dict(self) -> dict:
-        """openai's segment dict (keys in its order; "words" only with word timestamps)."""
+        """openai's segment dict (keys in its order; "words" only with word timestamps, "language" only with
+        per-window language detection)."""
         d = {"id": self.id, "seek": self.seek, "start": self.start, "end": self.end, "text": self.text,
              "tokens": [int(t) for t in self.tokens], "temperature": self.temperature,
              "avg_logprob": self.avg_logprob, "compression_ratio": self.compression_ratio,
              "no_speech_prob": self.no_speech_prob}
         if self.words is not None:
             d["words"] = [dict(w) for w in self.words]
+        if self.language is not None:
+            d["language"] = self.language
         return d
 
 
@@ -553,11 +557,15 @@ def _window_loop(tokenizer: Tokenizer, mel: np.ndarray, options: DecodingOptions
                  no_speech_threshold: float | None = 0.6, seed: int | None = 0,
                  silence_mel_threshold: float | None = SILENCE_MEL_THRESHOLD, word_timestamps: bool = False,
                  prepend_punctuations: str = timing.PREPEND_PUNCTUATIONS,
-                 append_punctuations: str = timing.APPEND_PUNCTUATIONS, model=None):
+                 append_punctuations: str = timing.APPEND_PUNCTUATIONS, language_per_window: bool = False,
+                 model=None):
     """openai's sequential 30 s window loop for one file, as a generator: it yields a ``WindowRequest`` for every
     decoding attempt and is sent back ``(DecodingResult, audio)`` (audio: the window's encoder output when the request
     asked to keep it). Its return value (StopIteration.value) is the file's result. ``model`` is needed only for word
-    timestamps (the alignment graph). ``transcribe_many`` drives many of these at once; see ``transcribe``."""
+    timestamps (the alignment graph). ``transcribe_many`` drives many of these at once; see ``transcribe``.
+
+    ``language_per_window`` (multilingual models, no language given): every window detects its own language
+    (openai detects once, on the first window, and keeps it); each segment records its window's language."""
     temperatures = [float(temperature)] if isinstance(temperature, (int, float)) else [float(t) for t in temperature]
     if not temperatures:
         raise ValueError("temperature: give at least one value")
@@ -570,6 +578,8 @@ def _window_loop(tokenizer: Tokenizer, mel: np.ndarray, options: DecodingOptions
     last_speech_timestamp = 0.0
     segments: list[Segment] = []
     windows: list[DecodingResult] = []
+    detect_each = language_per_window and options.language is None and bool(tokenizer.languages)
+    first_language = None
     while seek < content_frames:
         time_offset = seek * HOP_LENGTH / SAMPLE_RATE
         segment_size = min(N_FRAMES, content_frames - seek)
@@ -584,15 +594,19 @@ def _window_loop(tokenizer: Tokenizer, mel: np.ndarray, options: DecodingOptions
         prompt = all_tokens[prompt_reset_since:]
         # word timestamps need the window's cross K/V after decoding: encoded once, shared with every attempt
         audio = None
+        window_options = options  # with detect_each its language stays None until this window's first attempt
         for t in temperatures:  # decode_with_fallback
             # openai's decode_with_fallback: beams (and patience) only at temperature 0, best_of only above it
-            attempt = (replace(options, temperature=t, beam_size=None, patience=None) if t > 0
-                       else replace(options, temperature=t, best_of=None))
+            attempt = (replace(window_options, temperature=t, beam_size=None, patience=None) if t > 0
+                       else replace(window_options, temperature=t, best_of=None))
             result, kept = yield WindowRequest(mel=window, options=attempt, prompt=prompt, rng=rng, audio=audio,
                                                keep_audio=word_timestamps, time_offset=time_offset)
             audio = audio if audio is not None else kept
-            if options.language is None and result.language is not None:
-                options = replace(options, language=result.language)
+            if window_options.language is None and result.language is not None:
+                window_options = replace(window_options, language=result.language)  # fallbacks keep it
+                first_language = first_language or result.language
+                if not detect_each:  # openai: the first window's language holds for the whole file
+                    options = window_options
             if not needs_fallback(result, compression_ratio_threshold, logprob_threshold, no_speech_threshold):
                 break
         windows.append(result)
@@ -649,6 +663,8 @@ def _window_loop(tokenizer: Tokenizer, mel: np.ndarray, options: DecodingOptions
             s.id, s.seek = len(segments), previous_seek
             s.temperature, s.avg_logprob = result.temperature, result.avg_logprob
             s.compression_ratio, s.no_speech_prob = result.compression_ratio, result.no_speech_prob
+            if detect_each:
+                s.language = result.language
             if s.start == s.end or not s.text.strip():  # instantaneous or empty segments carry no text
                 s.text, s.tokens = "", []
                 if s.words is not None:
@@ -658,7 +674,8 @@ def _window_loop(tokenizer: Tokenizer, mel: np.ndarray, options: DecodingOptions
         if not condition_on_previous_text or result.temperature > 0.5:
             prompt_reset_since = len(all_tokens)  # do not feed the prompt tokens if a high temperature was used
     text = "".join(s.text for s in segments)
-    language = options.language or (None if tokenizer.languages else "en")  # openai: "en" for .en models
+    # openai: "en" for .en models; per window: the first window's, as openai would report
+    language = options.language or first_language or (None if tokenizer.languages else "en")
     return {"text": text.strip(), "segments": segments, "windows": windows, "language": language}
 
 
@@ -780,7 +797,7 @@ def transcribe(model, tokenizer: Tokenizer, mel: np.ndarray, options: DecodingOp
                no_speech_threshold: float | None = 0.6, seed: int | None = 0,
                silence_mel_threshold: float | None = SILENCE_MEL_THRESHOLD, word_timestamps: bool = False,
                prepend_punctuations: str = timing.PREPEND_PUNCTUATIONS,
-               append_punctuations: str = timing.APPEND_PUNCTUATIONS) -> dict:
+               append_punctuations: str = timing.APPEND_PUNCTUATIONS, language_per_window: bool = False) -> dict:
     """openai's sequential 30 s window loop over a whole-file mel (n_mels, frames incl. 30 s of padding).
 
     Segments are cut at timestamp pairs and the window advances to the last timestamp, with the previous windows'
@@ -803,4 +820,4 @@ def transcribe(model, tokenizer: Tokenizer, mel: np.ndarray, options: DecodingOp
         compression_ratio_threshold=compression_ratio_threshold, logprob_threshold=logprob_threshold,
         no_speech_threshold=no_speech_threshold, seed=seed, silence_mel_threshold=silence_mel_threshold,
         word_timestamps=word_timestamps, prepend_punctuations=prepend_punctuations,
-        append_punctuations=append_punctuations))
+        append_punctuations=append_punctuations, language_per_window=language_per_window))

@@ -308,6 +308,7 @@ class Whisper:
         once (default ``default_batch_size``: 8); ``progress``: called with a
         ``decoding.Progress`` (files done of the total, seconds of audio done) as the work advances; the other
         options as ``transcribe``."""
+        language = self.check_language_task(language, task)
         options = DecodingOptions(language=language, task=task, without_timestamps=without_timestamps,
                                   beam_size=beam_size, best_of=best_of, patience=patience,
                                   length_penalty=length_penalty)
@@ -319,6 +320,26 @@ class Whisper:
         return transcribe_many(self, self.tokenizer, items, options, self.suppress,
                                batch_size=batch_size or self.default_batch_size, progress=progress,
                                n_text_ctx=self.dims["n_text_ctx"], n_audio_ctx=self.dims["n_audio_ctx"], **kwargs)
+
+    def check_language_task(self, language: str | None, task: str) -> str | None:
+        """The language code to decode with (lower-cased), or ValueError naming what to pass instead."""
+        if task not in ("transcribe", "translate"):
+            raise ValueError(f"task {task!r}: use transcribe or translate")
+        codes = self.tokenizer.languages
+        if not codes:  # an English-only (.en) model
+            if task == "translate":
+                raise ValueError(f"{self.manifest['name']} is English-only: it cannot translate; compile a "
+                                 "multilingual model for --task translate")
+            if language is not None and language.lower() != "en":
+                raise ValueError(f"{self.manifest['name']} is English-only: --language {language} is not "
+                                 "possible; leave it out or compile a multilingual model")
+            return None
+        if language is None:
+            return None
+        if language.lower() not in codes:
+            raise ValueError(f"unknown language {language!r}; use a code this model knows: "
+                             f"{', '.join(sorted(codes))}")
+        return language.lower()
 
     @property
     def default_batch_size(self) -> int:
