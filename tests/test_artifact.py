@@ -111,11 +111,12 @@ def test_transcripts_match_openai_whisper(tiny_en_model, data):
 
 def test_bad_audio_in_a_batch(tiny_en_artifact, data):
     """Each bad file gets one error line; the good file of the same batch is still transcribed; exit ≠ 0."""
-    bad = [data / "edge" / n for n in ("empty.wav", "notaudio.wav")]
+    bad = [data / "edge" / n for n in ("empty.wav", "notaudio.wav", "truncated.wav")]
     r = mwc("transcribe", str(tiny_en_artifact), *map(str, bad), str(ROOT / "examples" / "jfk.flac"))
     assert r.returncode == 1
     errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 2 and "empty.wav" in errors[0] and "notaudio.wav" in errors[1]
+    assert len(errors) == 3 and "empty.wav" in errors[0] and "notaudio.wav" in errors[1]
+    assert "truncated.wav" in errors[2] and "truncated" in errors[2].split(":", 2)[2]
     assert "Traceback" not in r.stderr
     assert normalize(JFK) in normalize(r.stdout)
 

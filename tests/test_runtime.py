@@ -10,7 +10,7 @@ import pytest
 from conftest import ROOT, mwc
 
 from compiler.runtime import decoding, writers
-from compiler.runtime.audio import N_FRAMES
+from compiler.runtime.audio import N_FRAMES, AudioError, load_audio
 from compiler.runtime.decoding import DecodingOptions, Segment, compression_ratio, transcribe
 from compiler.runtime.tokenizer import Tokenizer
 
@@ -213,6 +213,24 @@ def test_format_timestamp():
     assert writers.format_timestamp(59.9996) == "01:00.000"
     assert writers.format_timestamp(3600.0) == "01:00:00.000"
     assert writers.format_timestamp(61.25, always_include_hours=True, decimal_marker=",") == "00:01:01,250"
+
+
+def test_truncated_wav_is_refused(data, tmp_path):
+    """A wav cut short (its data chunk claims more than the file holds) is an error, not a silently shorter clip;
+    a complete wav, and a streamed one (data size unknown), still load."""
+    with pytest.raises(AudioError, match="truncated wav"):
+        load_audio(data / "edge" / "truncated.wav")
+    whole = tmp_path / "whole.wav"
+    pcm = (np.sin(np.arange(16000) / 10) * 8000).astype("<i2").tobytes()
+    header = (b"RIFF" + (36 + len(pcm)).to_bytes(4, "little") + b"WAVEfmt " + (16).to_bytes(4, "little")
+              + (1).to_bytes(2, "little") + (1).to_bytes(2, "little") + (16000).to_bytes(4, "little")
+              + (32000).to_bytes(4, "little") + (2).to_bytes(2, "little") + (16).to_bytes(2, "little") + b"data")
+    whole.write_bytes(header + len(pcm).to_bytes(4, "little") + pcm)
+    assert len(load_audio(whole)) == 16000
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(whole.read_bytes()[:20000])
+    with pytest.raises(AudioError, match="cut.wav: truncated wav"):
+        load_audio(cut)
 
 
 # --- the CLI with a compiled artifact (compiles once per session: slow) ---------------------------------------

@@ -86,6 +86,30 @@ def _with_wave(path: Path) -> np.ndarray:
     return x.reshape(-1, channels).mean(axis=1)
 
 
+def _check_wav_complete(path: Path) -> None:
+    """A RIFF/WAVE file whose data chunk claims more bytes than the file holds was cut short (an interrupted copy
+    or download): the decoders would silently return the part that is there, so it is refused instead."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return
+        pos = 12
+        while pos + 8 <= size:
+            f.seek(pos)
+            chunk = f.read(8)
+            cid, n = chunk[:4], int.from_bytes(chunk[4:8], "little")
+            if cid == b"data":
+                if n in (0, 0xFFFFFFFF):  # streamed wav: length not known when the header was written
+                    return
+                have = size - pos - 8
+                if have < n:
+                    raise AudioError(f"{path}: truncated wav: its header promises {n} bytes of audio but the file "
+                                     f"holds {have} ({100 * have // n} %); copy or export the file again")
+                return
+            pos += 8 + n + (n & 1)
+
+
 def load_audio(path: str | Path) -> np.ndarray:
     """Decode, downmix and resample to 16 kHz mono float32 in [-1, 1)."""
     path = Path(path)
@@ -93,6 +117,7 @@ def load_audio(path: str | Path) -> np.ndarray:
         raise AudioError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise AudioError(f"{path}: the file is empty")
+    _check_wav_complete(path)
     try:
         import av  # noqa: F401
     except ImportError:
