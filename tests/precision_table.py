@@ -26,6 +26,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -105,6 +106,8 @@ def verify_artifact(art: Path, args, log) -> dict:
         raise SystemExit(f"{ck_path}: not the checkpoint {art} was compiled from; pass --checkpoint NAME=PATH")
     clips = clips_from_manifest(args.manifest, english_only=not ck.multilingual, limit=args.limit,
                                 every=not args.texted_only)
+    if args.only:
+        clips = [c for c in clips if re.search(args.only, str(c.path))]
     if args.cached_only:
         clips = [c for c in clips if cache_path(args, m, ck, c).is_file()]
     art_sha = hashlib.sha256((art / "manifest.json").read_bytes()).hexdigest()[:16]
@@ -141,6 +144,8 @@ def warm(art: Path, args, log) -> None:
     ck = load_checkpoint(args.checkpoint.get(m["name"]) or m["source"]["checkpoint"])
     clips = clips_from_manifest(args.manifest, english_only=not ck.multilingual, limit=args.limit,
                                 every=not args.texted_only)
+    if args.only:
+        clips = [c for c in clips if re.search(args.only, str(c.path))]
     tk = Tokenizer.from_file(art / "vocab.json", m["tokens"])
     suppress = suppress_ids(tk, m["generation"]["suppress_tokens"])
     sha, ref = ck.source_sha256(), None
@@ -220,6 +225,7 @@ def main(argv=None) -> int:
     ap.add_argument("--texted-only", action="store_true", help="only clips with a text, no edge clips (mwc verify)")
     ap.add_argument("--limit", type=int, default=None, help="the first N clips of the manifest")
     ap.add_argument("--wer-margin", type=float, default=0.003, help="reduced precision's WER vs fp32, absolute")
+    ap.add_argument("--only", default=None, metavar="REGEX", help="only the clips whose path matches REGEX")
     ap.add_argument("--cached-only", action="store_true",
                     help="only the clips whose reference is in --cache already (a run beside one filling it)")
     ap.add_argument("--warm", action="store_true",
