@@ -79,6 +79,13 @@ def clips_for(rows: list[dict], model: str) -> list[dict]:
     return [r for r in out if r["language"] == "en"] if model.endswith(".en") else out
 
 
+def write_json(path: Path, obj) -> None:
+    """Written whole or not at all (a reader of the cache never sees half a file)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False))
+    os.replace(tmp, path)
+
+
 _AUDIO: dict = {}
 
 
@@ -239,8 +246,7 @@ def run_bundle(bundle: Path, work: Path, models: list[str], decodings: list[str]
     with mp.get_context("fork").Pool(jobs, initializer=_bundle_init, initargs=(str(bundle), threads)) as pool:
         for i, (model, dec, f, out) in enumerate(pool.imap_unordered(_bundle_task, tasks)):
             runs[(model, dec)]["clips"][f] = out
-            path = work / "runs" / f"openai-{model}-{dec}.json"
-            path.write_text(json.dumps(runs[(model, dec)], indent=1, ensure_ascii=False))
+            write_json(work / "runs" / f"openai-{model}-{dec}.json", runs[(model, dec)])
             print(f"  [{i + 1}/{len(tasks)}] {time.perf_counter() - t0:.0f} s openai {model} {dec} {f} "
                   f"{out['seconds']:.1f} s", file=sys.stderr, flush=True)
 
@@ -301,7 +307,7 @@ def run_cached(side, model: str, decoding: str, clips: list[dict], data: Path, w
         out["seconds"] = time.perf_counter() - t
         out["loadavg"] = os.getloadavg()[0]
         cache["clips"][row["file"]] = out
-        path.write_text(json.dumps(cache, indent=1, ensure_ascii=False))
+        write_json(path, cache)
         print(f"  {side.name} {model} {decoding} [{i + 1}/{len(todo)}] {row['file']} {out['seconds']:.1f} s",
               file=sys.stderr)
     return cache["clips"]
@@ -450,7 +456,7 @@ def part_c(rows, sides: dict, data: Path, work: Path, fresh: bool, model: str) -
             rec["mwc_transcribe_text"] = res["text"]
         cache["clips"][r["file"]] = rec
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(cache, indent=1, ensure_ascii=False))
+        write_json(path, cache)
         print(f"  detect {r['file']}: {rec}", file=sys.stderr)
     return cache["clips"]
 
