@@ -12,18 +12,11 @@ import sys
 import numpy as np
 import pytest
 from conftest import ROOT, mwc
+from test_runtime import EOT, GOOD, N_VOCAB, SENTENCE, SPECIALS, tokenizer  # the scripted vocabulary
 
 from compiler.runtime.audio import N_FRAMES, AudioError
 from compiler.runtime.decoding import DecodingOptions, Progress, transcribe, transcribe_many
-from compiler.runtime.tokenizer import Tokenizer
 
-WORDS = ["Ġ", "Ġhello", "Ġworld", "Ġthe", "Ġcat", "Ġsat", ".", "Ġon", "Ġa", "Ġmat"]
-EOT = len(WORDS)
-SPECIALS = {"eot": EOT, "sot": EOT + 1, "translate": EOT + 2, "transcribe": EOT + 3, "sot_lm": EOT + 4,
-            "sot_prev": EOT + 5, "no_speech": EOT + 6, "no_timestamps": EOT + 7, "timestamp_begin": EOT + 8}
-N_VOCAB = EOT + 8 + 1501
-GOOD = [1, 2, 6]  # " hello world."
-SENTENCE = [3, 4, 5, 7, 8, 9, 6]  # " the cat sat on a mat."
 REPEAT = [1] * 40  # " hello" × 40: compression ratio > 2.4, so every temperature is tried
 
 # (file, window) → (tokens, peak logit, no-speech logit at <|startoftranscript|>)
@@ -38,10 +31,6 @@ SCRIPTS = {
     (6, 0): ([2] * 30, 4.0, 0.0),  # falls back too, in the same batches as file 2, and finishes earlier
 }
 N_WINDOWS = {1: 2}
-
-
-def tokenizer() -> Tokenizer:
-    return Tokenizer(WORDS + ["<|special|>"] * (N_VOCAB - len(WORDS)), SPECIALS)
 
 
 def file_mel(f: int) -> np.ndarray:
