@@ -579,7 +579,6 @@ def _window_loop(tokenizer: Tokenizer, mel: np.ndarray, options: DecodingOptions
     segments: list[Segment] = []
     windows: list[DecodingResult] = []
     detect_each = language_per_window and options.language is None and bool(tokenizer.languages)
-    first_language = None
     while seek < content_frames:
         time_offset = seek * HOP_LENGTH / SAMPLE_RATE
         segment_size = min(N_FRAMES, content_frames - seek)
@@ -604,7 +603,6 @@ def _window_loop(tokenizer: Tokenizer, mel: np.ndarray, options: DecodingOptions
             audio = audio if audio is not None else kept
             if window_options.language is None and result.language is not None:
                 window_options = replace(window_options, language=result.language)  # fallbacks keep it
-                first_language = first_language or result.language
                 if not detect_each:  # openai: the first window's language holds for the whole file
                     options = window_options
             if not needs_fallback(result, compression_ratio_threshold, logprob_threshold, no_speech_threshold):
@@ -675,6 +673,7 @@ def _window_loop(tokenizer: Tokenizer, mel: np.ndarray, options: DecodingOptions
             prompt_reset_since = len(all_tokens)  # do not feed the prompt tokens if a high temperature was used
     text = "".join(s.text for s in segments)
     # openai: "en" for .en models; per window: the first window's, as openai would report
+    first_language = next((w.language for w in windows if w.language), None)  # per window: options.language is None
     language = options.language or first_language or (None if tokenizer.languages else "en")
     return {"text": text.strip(), "segments": segments, "windows": windows, "language": language}
 
