@@ -152,7 +152,8 @@ class WhisperGraphs:
                                     mask_variant=MHAMaskVariant.NULL_MASK, scale=(n // n_head) ** -0.5)
             return self.linear(ops.reshape(o, [b, t, n]), p + ".attn.out", n, n), (None, None)
         q, k, v = self.heads(q, n_head), self.heads(k, n_head), self.heads(v, n_head)
-        if cache is not None:
+        if cache is not None:  # attention in the cache's dtype, as the step graph does (CPU fp16: fp32 compute)
+            q, k, v = (self.cast(z, cache[0].dtype) for z in (q, k, v))
             k = ops.concat([cache[0], k], axis=2)
             v = ops.concat([cache[1], v], axis=2)
         out = self.linear(self.merge(self.attention(q, k, v, causal=cache is not None)), p + ".attn.out", n, n)

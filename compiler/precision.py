@@ -4,7 +4,9 @@ Keeping it data makes it printable, storable in the manifest and testable. The r
 sensitive parts in float32: the residual stream, layer-norm statistics, the softmax (the Mojo attention op
 accumulates in fp32 whatever its inputs), the mel spectrogram and its log; weights, matmul inputs and the KV cache
 take the reduced dtype. The final vocabulary projection reads the tied embedding in the weights' dtype (an fp32 copy
-would double its memory) and returns fp32 logits.
+would double its memory) and returns fp32 logits. That is the GPU's plan; on the CPU, where MAX 26.7's fp16 kernels
+accumulate in fp16, ``--fp16`` stores fp16 and computes in fp32, and bf16 runs its convolutions in fp32
+(``plan_for``).
 
 The int8 plan is weight-only quantization: every projection weight (the fused attention projections, the MLPs,
 the two convolutions and the tied token embedding, which is also the logits projection) is stored as int8 with one
@@ -53,6 +55,15 @@ def plan_for(precision: str, device: str) -> PrecisionPlan:
     # convolutions in fp32 on its bf16 weights; everything else stays bf16 (tests/probe_bf16_cpu.py: MAX's CPU bf16
     # projections, GELU, layer norm and the Mojo attention op are within bf16 rounding).
     conv = "float32" if precision == "bf16" and device == "cpu" else low
+    if precision == "fp16" and device == "cpu":
+        # MAX 26.7's CPU fp16 matmul and conv2d accumulate in fp16 (tests/probe_bf16_conv.py fp16: conv2d and
+        # im2col + matmul 2.5e-2 relative, fp32 on the same fp16 weights 2.4e-6); compiled that way tiny.en's encoder
+        # came out 8.2e-2 off the reference on JFK and base's 6.8e-2. So on the CPU, fp16 is a storage precision:
+        # fp16 weights (half the artifact) and fp16 KV cache, every matmul, convolution and the logits in fp32 on
+        # them. The GPU runs the full fp16 plan (tensor cores accumulate in fp32).
+        f = "float32"
+        return PrecisionPlan(name=precision, weights=low, matmul=f, conv=f, residual=f, layer_norm=f, softmax=f,
+                             kv_cache=low, logits=f, mel=f)
     return PrecisionPlan(name=precision, weights=low, matmul=low, conv=conv, residual="float32", layer_norm="float32",
                          softmax="float32", kv_cache=low, logits=low, mel="float32")
 

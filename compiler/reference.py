@@ -157,8 +157,9 @@ class NumpyWhisper:
             if cache is not None:
                 k, v = np.concatenate([cache[i][0], k], 1), np.concatenate([cache[i][1], v], 1)
             new_cache.append((k, v))
-            x = r(x + self._linear(self._qkv_attention(self._linear(h, p + ".attn.query"), k, v, d.n_text_head,
-                                                       causal_offset=past), p + ".attn.out"), "residual")
+            q = r(self._linear(h, p + ".attn.query"), "kv_cache")  # the graphs attend in the cache's dtype
+            x = r(x + self._linear(self._qkv_attention(q, k, v, d.n_text_head, causal_offset=past), p + ".attn.out"),
+                  "residual")
             h = self._ln(x, p + ".cross_attn_ln")
             ck, cv = audio["cross"][i]
             x = r(x + self._linear(self._qkv_attention(self._linear(h, p + ".cross_attn.query"), ck, cv,

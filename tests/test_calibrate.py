@@ -33,7 +33,7 @@ def test_emulation_without_reduced_dtypes_is_the_reference(tiny_en_checkpoint):
 
 def test_plan_search(tiny_en_checkpoint):
     audio = [chirps(1.0)]
-    default = plan_for("fp16", "cpu")
+    default = plan_for("fp16", "gpu")  # the full fp16 plan (on the CPU fp16 computes in fp32: see below)
     kept, report = calibrate(tiny_en_checkpoint, default, 2e-2, audio, log=lambda _: None, frames=200, n_tokens=4)
     assert kept == default and report["met_budget"] and len(report["candidates"]) == 1
     err = report["candidates"][0]["logits_max_rel"]
@@ -41,6 +41,15 @@ def test_plan_search(tiny_en_checkpoint):
     raised, report = calibrate(tiny_en_checkpoint, default, 1e-9, audio, log=lambda _: None, frames=200, n_tokens=4)
     assert all(getattr(raised, c) == "float32" for c in TUNABLE) and not report["met_budget"]
     assert raised.matmul == raised.weights == "float16"  # the precision itself is never given up
+
+
+def test_cpu_fp16_is_a_storage_precision():
+    """MAX 26.7's CPU fp16 kernels accumulate in fp16, so on the CPU the fp16 plan stores fp16 (weights, KV cache) and
+    computes in fp32; the GPU plan computes in fp16 with fp32 statistics."""
+    cpu, gpu = plan_for("fp16", "cpu"), plan_for("fp16", "gpu")
+    assert cpu.weights == cpu.kv_cache == gpu.weights == gpu.matmul == gpu.conv == gpu.logits == "float16"
+    assert cpu.matmul == cpu.conv == cpu.logits == gpu.residual == gpu.softmax == "float32"
+    assert plan_for("bf16", "cpu").matmul == "bfloat16" and plan_for("bf16", "cpu").conv == "float32"
 
 
 def test_encoder_bound_scales_with_the_emulated_error():

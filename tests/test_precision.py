@@ -1,5 +1,6 @@
-"""Reduced precision on CPU: tiny.en --fp16 compiles, its plan keeps the sensitive ops in fp32, it passes the
-fp16 parity tolerances and transcribes JFK exactly like fp32."""
+"""Reduced precision on CPU: tiny.en --fp16 compiles to fp16 storage with fp32 compute (MAX 26.7's CPU fp16 kernels
+accumulate in fp16), passes its compile-time parity on speech and transcribes JFK exactly like fp32; --bf16 likewise
+with its CPU plan."""
 
 from __future__ import annotations
 
@@ -18,14 +19,18 @@ def test_fp16_artifact(tiny_en_dir, tmp_path_factory):
     plan = m["precision"]
     assert plan["name"] == "fp16" and plan["weights"] == "float16" and plan["kv_cache"] == "float16"
     assert plan["residual"] == plan["layer_norm"] == plan["softmax"] == plan["mel"] == "float32"
+    assert plan["matmul"] == plan["conv"] == plan["logits"] == "float32"  # on the CPU fp16 is a storage precision
     header = safetensors_header(out / "weights.safetensors")[0]
     assert header["encoder.blocks.0.attn.qkv.weight"]["dtype"] == "F16"
     assert header["mel_filters"]["dtype"] == "F32"  # the mel spectrogram stays fp32, filters included
     fp32_size = 4 * sum(int(__import__("math").prod(v["shape"])) for k, v in header.items() if k != "__metadata__")
     assert (out / "weights.safetensors").stat().st_size < 0.55 * fp32_size
     parity = json.loads((out / "parity.json").read_text())
-    assert parity["passed"]
-    assert parity["stages"]["decoder_logits"]["max_rel"] < 2e-2 and parity["stages"]["mel"]["max_abs"] < 1e-4
+    assert parity["passed"] and parity["signal"].startswith("jfk")  # compile-time parity runs on real speech
+    # tiny.en's weights are fp16 already (a CTranslate2 fp16 folder): storing them in fp16 loses nothing, only the
+    # fp16 KV cache rounds (measured: encoder 2.7e-6, logits 3.9e-4; the fp16-accumulating plan gave 1.1e-2 on JFK)
+    assert parity["stages"]["encoder"]["max_rel"] < 1e-4 and parity["stages"]["decoder_logits"]["max_rel"] < 2e-3
+    assert parity["stages"]["mel"]["max_abs"] < 1e-4
     assert_transcribes_jfk(out)
 
 
