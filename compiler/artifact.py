@@ -135,7 +135,7 @@ def write_artifact(ck: Checkpoint, plan: PrecisionPlan, out: Path, *, device: st
                    calibration_audio: list | None = None) -> dict:
     """checkpoint → (calibrated precision plan) → weights → graphs → compiled .mef → artifact folder, written
     atomically. ``calibrate``: fp16/bf16 plans are checked by emulation on ``calibration_audio`` (default: the
-    parity test signal) and sensitive op classes raised to float32 where needed (compiler.calibrate)."""
+    parity's JFK speech and chirp signal) and sensitive op classes raised to float32 where needed (compiler.calibrate)."""
     from max.driver import CPU, Accelerator, accelerator_count
     from max.engine import InferenceSession
     from max.graph import DeviceRef
@@ -158,11 +158,11 @@ def write_artifact(ck: Checkpoint, plan: PrecisionPlan, out: Path, *, device: st
     calibration = None
     if calibrate and plan.name in ("fp16", "bf16"):
         from .calibrate import calibrate as choose_plan
-        from .parity import test_signal, tolerances
+        from .parity import speech_clip, test_signal, tolerances
 
         t = stage(f"calibrate: the {plan.name} plan, emulated on calibration audio against the float64 reference")
         tol = tolerances({"precision": plan.to_dict(), "device": device})["logits_rel"]
-        plan, calibration = choose_plan(ck, plan, tol, calibration_audio or [test_signal()], log=log)
+        plan, calibration = choose_plan(ck, plan, tol, calibration_audio or [speech_clip(), test_signal()], log=log)
         timings["calibrate_s"] = time.perf_counter() - t
 
     with atomic_folder(out, force) as tmp:

@@ -47,7 +47,7 @@ def main() -> None:
 @click.option("--calibrate/--no-calibrate", default=True, show_default=True,
               help="fp16/bf16: measure the plan by emulation on calibration audio and keep sensitive ops in fp32")
 @click.option("--calibration-audio", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="audio for --calibrate (repeatable; default: a synthetic test signal)")
+              help="audio for --calibrate (repeatable; default: the bundled JFK clip and a chirp signal)")
 def compile_cmd(model: str, precision: str, device: str, attention: str, output: Path | None, force: bool,
                 no_parity: bool, calibrate: bool, calibration_audio: tuple[Path, ...]) -> None:
     """Compile MODEL: a hub id (whisper-small, openai/whisper-large-v3), or a local Hugging Face safetensors,
