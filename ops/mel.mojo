@@ -297,7 +297,9 @@ comptime GPU_THREADS = 256
 comptime F32Any = Pointer[Float32, MutAnyOrigin]
 
 
-comptime GFB = 8  # frames per thread block: each twiddle read from shared memory serves GFB frames
+comptime GFB = 16  # frames per thread block: each twiddle read from shared memory serves GFB frames
+comptime GV = 4  # frames per shared-memory vector load
+comptime MAX_ROWS = 256  # mel rows whose nonzero filter range is found once per block (more: every bin is read)
 
 
 def _mel_frames_kernel(
@@ -314,15 +316,19 @@ def _mel_frames_kernel(
     n_frames: Int64,
     block_max: F32Any,  # [n_blocks] scratch
 ):
-    var xs = stack_allocation[GFB * N_FFT, Float32, address_space=AddressSpace.SHARED]()
+    # xs[m * GFB + f]: sample m of the block's frame f, so one sample of GFB frames is GFB / GV vector loads
+    var xs = stack_allocation[GFB * N_FFT, Float32, alignment=16, address_space=AddressSpace.SHARED]()
     var twc = stack_allocation[N_FFT, Float32, address_space=AddressSpace.SHARED]()
     var tws = stack_allocation[N_FFT, Float32, address_space=AddressSpace.SHARED]()
     var pw = stack_allocation[GFB * N_BINS, Float32, address_space=AddressSpace.SHARED]()
     var red = stack_allocation[GPU_THREADS, Float32, address_space=AddressSpace.SHARED]()
+    var lo_s = stack_allocation[MAX_ROWS, Int32, address_space=AddressSpace.SHARED]()
+    var hi_s = stack_allocation[MAX_ROWS, Int32, address_space=AddressSpace.SHARED]()
     var t0 = Int(block_idx.x) * GFB
     var tid = Int(thread_idx.x)
     var ns = Int(n_samples)
     var nf = Int(n_frames)
+    var nm = Int(n_mels)
     var n = tid
     while n < N_FFT:
         # fp32: NVIDIA GPUs have no float64 cos/sin in Mojo's math
@@ -340,37 +346,56 @@ def _mel_frames_kernel(
                 if j >= ns:
                     j = 2 * (ns - 1) - j
                 x = w * audio[unsafe_offset=j * Int(audio_stride)]
-            xs[unsafe_offset=f * N_FFT + n] = x
+            xs[unsafe_offset=n * GFB + f] = x
         n += GPU_THREADS
+    var r = tid
+    while r < min(nm, MAX_ROWS):  # each mel filter is a triangle over a few bins: find its nonzero range once
+        var lo = N_BINS
+        var hi = -1
+        var row = r * Int(filt_row_stride)
+        for b in range(N_BINS):
+            if filt[unsafe_offset=row + b * Int(filt_col_stride)] != 0:
+                lo = min(lo, b)
+                hi = b
+        lo_s[unsafe_offset=r] = Int32(lo)
+        hi_s[unsafe_offset=r] = Int32(hi)
+        r += GPU_THREADS
     barrier()
     var k = tid
     while k < N_BINS:  # thread k: bin k of the block's GFB frames, by a direct DFT
-        var re = Array[Float32, GFB](fill=0)
-        var im = Array[Float32, GFB](fill=0)
+        var re = Array[SIMD[DType.float32, GV], GFB // GV](fill=0)
+        var im = Array[SIMD[DType.float32, GV], GFB // GV](fill=0)
         var idx = 0
         for m in range(N_FFT):
-            var c = twc[unsafe_offset=idx]
-            var s = tws[unsafe_offset=idx]
-            comptime for f in range(GFB):
-                var x = xs[unsafe_offset=f * N_FFT + m]  # the same address in every lane: a broadcast
-                re[f] += x * c
-                im[f] -= x * s
+            var c = SIMD[DType.float32, GV](twc[unsafe_offset=idx])
+            var s = SIMD[DType.float32, GV](-tws[unsafe_offset=idx])
+            comptime for q in range(GFB // GV):
+                var x = xs.unsafe_load[width=GV, alignment=16](m * GFB + q * GV)  # the same address in every lane: a broadcast
+                re[q] = x.fma(c, re[q])
+                im[q] = x.fma(s, im[q])
             idx += k
             if idx >= N_FFT:
                 idx -= N_FFT
-        comptime for f in range(GFB):
-            pw[unsafe_offset=f * N_BINS + k] = re[f] * re[f] + im[f] * im[f]
+        comptime for q in range(GFB // GV):
+            var p = re[q] * re[q] + im[q] * im[q]
+            comptime for i in range(GV):
+                pw[unsafe_offset=(q * GV + i) * N_BINS + k] = p[i]
         k += GPU_THREADS
     barrier()
     var vmax = Float32(-1.0e30)
     var e = tid
-    while e < Int(n_mels) * GFB:  # (mel row, frame) pairs
+    while e < nm * GFB:  # (mel row, frame) pairs
         var m = e // GFB
         var f = e - m * GFB
         if t0 + f < nf:
+            var lo = 0
+            var hi = N_BINS - 1
+            if m < MAX_ROWS:
+                lo = Int(lo_s[unsafe_offset=m])
+                hi = Int(hi_s[unsafe_offset=m])
             var acc: Float32 = 0
             var row = m * Int(filt_row_stride)
-            for b in range(N_BINS):
+            for b in range(lo, hi + 1):  # zero filter weights add exactly nothing: skipped
                 acc += filt[unsafe_offset=row + b * Int(filt_col_stride)] * pw[unsafe_offset=f * N_BINS + b]
             var lg = log10(max(acc, Float32(1.0e-10)))
             vmax = max(vmax, lg)
