@@ -54,7 +54,7 @@ def plan_text(m: dict) -> str:
         return "all fp32"
     low = SHORT[p["weights"]]
     reduced = [k for k in ("matmul", "conv", "kv_cache", "logits") if p[k] == p["weights"]]
-    kept = [k for k in ("conv", "kv_cache", "logits") if p[k] == "float32"]
+    kept = [k for k in ("matmul", "conv", "kv_cache", "logits") if p[k] == "float32"]
     text = f"{low}: weights, {', '.join(reduced)}"
     if kept:
         text += f"; fp32: {', '.join(kept)}"
