@@ -87,7 +87,8 @@ def compile_cmd(model: str, precision: str, device: str, attention: str, output:
     if not no_parity:
         report = json.loads((out / "parity.json").read_text())
         for stage, s in report["stages"].items():
-            click.echo(f"      parity {stage:15s} max_abs {s['max_abs']:.2e}  max_rel {s['max_rel']:.2e}  ok")
+            click.echo(f"      parity {stage:15s} max_abs {s['max_abs']:.2e}  max_rel {s['max_rel']:.2e}  "
+                       f"cosine {s['cosine']:.6f}  ok")
 
 
 @main.command()

@@ -19,10 +19,15 @@ from .runtime.model import to_numpy
 
 # max |got - want| / max |want| per stage (mel: absolute). Reduced precisions are bounded by their rounding:
 # fp16 keeps 11 significant bits, bf16 8; the residual stream and the statistics stay fp32 in both plans.
+# bf16 (8 significant bits) and int8 weights gate their encoder stages on the cosine similarity with the reference
+# instead: the worst element of the encoder output is no measure for them — on tiny.en's LJ001-0015 the numpy
+# emulation of the bf16 plan itself is 0.11 off (a layer-norm outlier rounded to bf16; MAX 0.14, the transcript
+# unchanged), and over 28 dev clips bf16 reached 1.2 and int8 0.92 while their WER stayed within 0.3 points of fp32.
+# The cosines on those clips: worst 0.99956 (bf16), 0.99951 (int8); a wrong kernel is far below 0.998.
 TOLERANCES = {"fp32": {"mel_abs": 1e-4, "encoder_rel": 1e-3, "logits_rel": 1e-3},
               "fp16": {"mel_abs": 1e-4, "encoder_rel": 2e-2, "logits_rel": 2e-2},
-              "bf16": {"mel_abs": 1e-4, "encoder_rel": 1e-1, "logits_rel": 1e-1},
-              "int8": {"mel_abs": 1e-4, "encoder_rel": 1e-1, "logits_rel": 1e-1}}
+              "bf16": {"mel_abs": 1e-4, "encoder_cos": 0.998, "logits_rel": 1e-1},
+              "int8": {"mel_abs": 1e-4, "encoder_cos": 0.998, "logits_rel": 1e-1}}
 # MAX 26.7 runs fp32 matmuls on NVIDIA GPUs through cuBLAS's TF32 kernels (10-bit mantissa inputs): a plain fp32
 # matmul is off by ~8e-4 relative there, so fp32 GPU artifacts get fp16-like bounds (measured on an H200: encoder
 # 2.0e-3, cross K/V 3.2e-3, logits 1.8e-3 with identical JFK tokens).
@@ -40,10 +45,19 @@ def tolerances(manifest: dict) -> dict:
     precision = manifest["precision"]["name"]
     tol = GPU_FP32 if precision == "fp32" and manifest["device"] == "gpu" else TOLERANCES[precision]
     expected = (manifest.get("calibration") or {}).get("expected")
-    if expected:
+    if expected and "encoder_rel" in tol:
         scaled = EMULATED_SCALE * max(expected["encoder_max_rel"], expected["cross_kv_max_rel"])
         tol = {**tol, "encoder_rel": max(tol["encoder_rel"], scaled)}
     return tol
+
+
+def encoder_passes(s: dict, tol: dict) -> bool:
+    """Whether an encoder stage (encoder output, cross K/V) with stats ``s`` is within the bounds ``tol``."""
+    return s["cosine"] >= tol["encoder_cos"] if "encoder_cos" in tol else s["max_rel"] <= tol["encoder_rel"]
+
+
+def encoder_bound(tol: dict) -> dict:
+    return {"cosine_min": tol["encoder_cos"]} if "encoder_cos" in tol else {"max_rel": tol["encoder_rel"]}
 
 
 def test_signal(seconds: float = 4.0, seed: int = 0) -> np.ndarray:
@@ -98,10 +112,9 @@ def stage_parity(ck: Checkpoint, runtime, audio: np.ndarray | None = None, frame
     got = runtime.encode(window)
     want = ref.encode(window)
     s = _stats(to_numpy(got["xa"]), want["xa"])
-    stages["encoder"] = {**s, "passed": s["max_rel"] <= tol["encoder_rel"], "tolerance": {"max_rel": tol["encoder_rel"]}}
+    stages["encoder"] = {**s, "passed": encoder_passes(s, tol), "tolerance": encoder_bound(tol)}
     s = _stats(to_numpy(got["cross_k"]), reference_cross_k(want, d.n_text_head))
-    stages["cross_kv"] = {**s, "passed": s["max_rel"] <= tol["encoder_rel"],
-                          "tolerance": {"max_rel": tol["encoder_rel"]}}
+    stages["cross_kv"] = {**s, "passed": encoder_passes(s, tol), "tolerance": encoder_bound(tol)}
 
     tk = ck.tokens
     prompt = [tk.sot] + ([tk.languages["en"], tk.transcribe] if tk.languages else []) + [tk.timestamp_begin]

@@ -26,7 +26,7 @@ import numpy as np
 from .artifact import sha256
 from .checkpoint import Checkpoint
 from .errors import MwcError
-from .parity import _stats, reference_cross_k, tolerances
+from .parity import _stats, encoder_passes, reference_cross_k, tolerances
 from .runtime.model import to_numpy
 from .reference import NumpyWhisper, log_mel_spectrogram
 from .runtime import decoding
@@ -244,13 +244,14 @@ def run_verify(artifact: Path, ck: Checkpoint, clips: list[Clip], log=print, ref
     hyps = [normalize(r["hyp"], r["language"]) for r in rows if r["text"]]
     ref_hyps = [normalize(r["ref_hyp"], r["language"]) for r in rows if r["text"]]
     agree = sum(r["tokens_equal"] for r in rows)
-    checks = {"mel": worst["mel"] <= tol["mel_abs"], "encoder": worst["encoder"] <= tol["encoder_rel"],
-              "cross_kv": worst["cross_kv"] <= tol["encoder_rel"],
+    cosine = {k: min(r["stages"][k]["cosine"] for r in rows) for k in ("encoder", "cross_kv")}
+    checks = {"mel": worst["mel"] <= tol["mel_abs"],
+              **{k: encoder_passes({"max_rel": worst[k], "cosine": cosine[k]}, tol) for k in ("encoder", "cross_kv")},
               "decoder_logits": worst["decoder_logits"] <= tol["logits_rel"]}
     if precision == "fp32":
         checks["greedy_tokens"] = agree == len(rows)
     report = {"reference": REFERENCE_NAMES[reference], "precision": precision, "tolerances": tol, "clips": rows,
-              "worst": worst, "token_agreement": agree / len(rows), "wer": wer(refs, hyps),
+              "worst": worst, "worst_cosine": cosine, "token_agreement": agree / len(rows), "wer": wer(refs, hyps),
               "reference_wer": wer(refs, ref_hyps), "unreadable": failed_files, "checks": checks,
               "passed": all(checks.values())}
     if cache is not None:
