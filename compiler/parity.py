@@ -8,9 +8,9 @@ tiny.en compiled with fp16 matmuls on the CPU passed on the chirps (encoder 1e-2
 
 from __future__ import annotations
 
-import numpy as np
-
 from pathlib import Path
+
+import numpy as np
 
 from .checkpoint import Checkpoint
 from .reference import NumpyWhisper, log_mel_spectrogram
