@@ -97,6 +97,13 @@ def cache_path(args, m: dict, ck, clip) -> Path:
     return args.cache / f"{reference_key(sha, 'numpy', clip.path, language, suppress, m['tokens'])}.npz"
 
 
+def select_clips(args, ck) -> list:
+    """The manifest's clips for this checkpoint (English only for .en models), narrowed by --limit and --only."""
+    clips = clips_from_manifest(args.manifest, english_only=not ck.multilingual, limit=args.limit,
+                                every=not args.texted_only)
+    return [c for c in clips if re.search(args.only, str(c.path))] if args.only else clips
+
+
 def verify_artifact(art: Path, args, log) -> dict:
     m = json.loads((art / "manifest.json").read_text())
     args.current_artifact = art
@@ -104,10 +111,7 @@ def verify_artifact(art: Path, args, log) -> dict:
     ck = load_checkpoint(ck_path)
     if ck.source_sha256() != m["source"]["sha256"]:
         raise SystemExit(f"{ck_path}: not the checkpoint {art} was compiled from; pass --checkpoint NAME=PATH")
-    clips = clips_from_manifest(args.manifest, english_only=not ck.multilingual, limit=args.limit,
-                                every=not args.texted_only)
-    if args.only:
-        clips = [c for c in clips if re.search(args.only, str(c.path))]
+    clips = select_clips(args, ck)
     if args.cached_only:
         clips = [c for c in clips if cache_path(args, m, ck, c).is_file()]
     art_sha = hashlib.sha256((art / "manifest.json").read_bytes()).hexdigest()[:16]
@@ -142,10 +146,7 @@ def warm(art: Path, args, log) -> None:
 
     m = json.loads((art / "manifest.json").read_text())
     ck = load_checkpoint(args.checkpoint.get(m["name"]) or m["source"]["checkpoint"])
-    clips = clips_from_manifest(args.manifest, english_only=not ck.multilingual, limit=args.limit,
-                                every=not args.texted_only)
-    if args.only:
-        clips = [c for c in clips if re.search(args.only, str(c.path))]
+    clips = select_clips(args, ck)
     tk = Tokenizer.from_file(art / "vocab.json", m["tokens"])
     suppress = suppress_ids(tk, m["generation"]["suppress_tokens"])
     sha, ref = ck.source_sha256(), None
