@@ -83,19 +83,12 @@ def _round(x: np.ndarray, dt) -> np.ndarray:
     return round_to(x, "float16" if dt == DType.float16 else "bfloat16")
 
 
-def _attention(q, k, v, causal):
-    s = q @ k.transpose(0, 1, 3, 2) / np.sqrt(q.shape[-1])
-    if causal:
-        tq, tk = s.shape[-2:]
-        s = np.where(np.arange(tk)[None, :] > np.arange(tq)[:, None] + (tk - tq), -np.inf, s)
-    p = np.exp(s - s.max(-1, keepdims=True))
-    return (p / p.sum(-1, keepdims=True)) @ v
-
-
 def op_checks(dtypes: list[str]) -> None:
     from max.driver import Buffer
     from max.dtype import DType
     from max.graph import Graph, TensorType, ops
+
+    from bench_attention_op import ref_attention  # tests/: the float64 attention the CPU op check uses
 
     gpu, dev, sess = _session()
     rng = np.random.default_rng(0)
@@ -113,7 +106,7 @@ def op_checks(dtypes: list[str]) -> None:
             q, k, v = (_round(rng.standard_normal((1, 8, t, 64)), dt) for t in (tq, tk, tk))
             got = sess.load(g).execute(put(q), put(k), put(v))[0].to_numpy()
             print(f"{name} mwc_attention causal={causal} tq={tq} tk={tk}: max abs err "
-                  f"{np.abs(got - _attention(q, k, v, causal)).max():.2e}", flush=True)
+                  f"{np.abs(got - ref_attention(q, k, v, causal)).max():.2e}", flush=True)
         with Graph("vocab_probe", input_types=[TensorType(DType.float32, [1, 6, 512], dev),
                                                TensorType(DType.float32, [51865, 512], dev)]) as g:
             x, e = (ops.cast(t.tensor, dt) for t in g.inputs)
