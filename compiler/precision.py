@@ -49,12 +49,6 @@ def plan_for(precision: str, device: str) -> PrecisionPlan:
         return PrecisionPlan(name="int8", weights=f, matmul=f, conv=f, residual=f, layer_norm=f, softmax=f, kv_cache=f,
                              logits=f, mel=f, quantized="int8")
     low = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[precision]
-    # MAX 26.7's CPU conv2d accumulates bf16 in bf16: tiny.en's encoder came out 1.2 relative off the reference.
-    # Measured on tiny.en's two convolutions (tests/probe_bf16_conv.py): bf16 conv2d 2.5e-1 relative, bf16 im2col +
-    # matmul 2.5e-1 too, fp32 conv2d on the bf16 weights 2.8e-6. So on the CPU the bf16 plan runs the two
-    # convolutions in fp32 on its bf16 weights; everything else stays bf16 (tests/probe_bf16_cpu.py: MAX's CPU bf16
-    # projections, GELU, layer norm and the Mojo attention op are within bf16 rounding).
-    conv = "float32" if precision == "bf16" and device == "cpu" else low
     if precision == "fp16" and device == "cpu":
         # MAX 26.7's CPU fp16 matmul and conv2d accumulate in fp16 (tests/probe_bf16_conv.py fp16: conv2d and
         # im2col + matmul 2.5e-2 relative, fp32 on the same fp16 weights 2.4e-6); compiled that way tiny.en's encoder
@@ -64,6 +58,12 @@ def plan_for(precision: str, device: str) -> PrecisionPlan:
         f = "float32"
         return PrecisionPlan(name=precision, weights=low, matmul=f, conv=f, residual=f, layer_norm=f, softmax=f,
                              kv_cache=low, logits=f, mel=f)
+    # MAX 26.7's CPU conv2d accumulates bf16 in bf16: tiny.en's encoder came out 1.2 relative off the reference.
+    # Measured on tiny.en's two convolutions (tests/probe_bf16_conv.py): bf16 conv2d 2.5e-1 relative, bf16 im2col +
+    # matmul 2.5e-1 too, fp32 conv2d on the bf16 weights 2.8e-6. So on the CPU the bf16 plan runs the two
+    # convolutions in fp32 on its bf16 weights; everything else stays bf16 (tests/probe_bf16_cpu.py: MAX's CPU bf16
+    # projections, GELU, layer norm and the Mojo attention op are within bf16 rounding).
+    conv = "float32" if precision == "bf16" and device == "cpu" else low
     return PrecisionPlan(name=precision, weights=low, matmul=low, conv=conv, residual="float32", layer_norm="float32",
                          softmax="float32", kv_cache=low, logits=low, mel="float32")
 
