@@ -195,3 +195,49 @@ def test_cli_and_loader_batch_size(tiny_en_model, tiny_en_artifact, data, tmp_pa
         assert written["text"] == want[1] and (tmp_path / name / "jfk.json").is_file()
     r = mwc("transcribe", str(tiny_en_artifact), str(good[1]), "--batch-size", "0")
     assert r.returncode == 2 and "--batch-size" in r.stderr
+
+
+def test_chunk_bounds_cut_in_the_quiet():
+    """chunk_bounds covers the audio with contiguous chunks of at most 30 s, cut inside the quiet stretches."""
+    from compiler.runtime.audio import SAMPLE_RATE, chunk_bounds
+
+    audio = np.random.default_rng(0).normal(0, 0.3, 95 * SAMPLE_RATE).astype(np.float32)
+    quiet = [(27.0, 27.3), (55.0, 55.3), (80.0, 80.3)]
+    for a, b in quiet:
+        audio[int(a * SAMPLE_RATE):int(b * SAMPLE_RATE)] *= 1e-3
+    bounds = chunk_bounds(audio)
+    assert bounds[0][0] == 0 and bounds[-1][1] == len(audio)
+    assert all(e == s for (_, e), (s, _) in zip(bounds, bounds[1:]))
+    assert all(0 < e - s <= 30 * SAMPLE_RATE for s, e in bounds)
+    cuts = [e / SAMPLE_RATE for _, e in bounds[:-1]]
+    assert len(cuts) == 3 and all(a <= c <= b for c, (a, b) in zip(cuts, quiet)), cuts
+    assert chunk_bounds(audio[:30 * SAMPLE_RATE]) == [(0, 30 * SAMPLE_RATE)] and chunk_bounds(audio[:0]) == []
+
+
+def test_chunked_long_form_on_a_real_file(tiny_en_model, tiny_en_artifact, data, monkeypatch, tmp_path):
+    """Batched long-form (--chunked): a ~100 s file's chunks decoded as one batch, segments on the file's clock,
+    the text within a few words of openai's sequential loop; the CLI and the loader give the API's text."""
+    import difflib
+
+    from compiler.runtime.audio import load_audio
+
+    path = data / "long" / LONG
+    audio = load_audio(path)
+    sequential = tiny_en_model.transcribe(audio)
+    batches = _record_batches(tiny_en_model, monkeypatch)
+    chunked = tiny_en_model.transcribe_chunked(audio, without_timestamps=True)
+    n_chunks = len(chunked["windows"])
+    assert n_chunks >= 3 and max(batches) == n_chunks  # one window per chunk, all in one batch
+    starts = [s.start for s in chunked["segments"]]
+    assert starts == sorted(starts) and chunked["segments"][-1].end <= len(audio) / 16000 + 0.01
+    assert chunked["segments"][-1].start > 60
+    a, b = sequential["text"].lower().split(), chunked["text"].lower().split()
+    assert difflib.SequenceMatcher(None, a, b).ratio() > 0.9
+    monkeypatch.undo()
+    with_ts = tiny_en_model.transcribe_chunked(audio)
+    assert with_ts["segments"][-1].end > 60 and difflib.SequenceMatcher(None, a, with_ts["text"].lower().split()).ratio() > 0.9
+    r = mwc("transcribe", str(tiny_en_artifact), str(path), "--chunked")
+    assert r.returncode == 0 and r.stdout.strip() == with_ts["text"], r.stderr
+    r = subprocess.run([sys.executable, str(tiny_en_artifact / "loader.py"), str(path), "--chunked"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == with_ts["text"], r.stderr

@@ -789,6 +789,24 @@ def transcribe_many(model, tokenizer: Tokenizer, mels, options: DecodingOptions,
         report()
 
 
+def merge_chunks(results: list[dict], offsets: list[float], language: str | None) -> dict:
+    """One file's result from its chunks' results (batched long-form): segments (and words) shifted by each chunk's
+    start in seconds, renumbered; text joined as openai joins segments; windows in order."""
+    segments, windows = [], []
+    for r, off in zip(results, offsets):
+        seek0 = int(round(off * SAMPLE_RATE / HOP_LENGTH))
+        for s in r["segments"]:
+            s.id, s.seek = len(segments), s.seek + seek0
+            s.start, s.end = round(s.start + off, 3), round(s.end + off, 3)
+            for w in s.words or []:
+                w["start"], w["end"] = round(w["start"] + off, 3), round(w["end"] + off, 3)
+            segments.append(s)
+        windows.extend(r["windows"])
+    language = language or next((r["language"] for r in results if r.get("language")), None)
+    return {"text": "".join(s.text for s in segments).strip(), "segments": segments, "windows": windows,
+            "language": language}
+
+
 def transcribe(model, tokenizer: Tokenizer, mel: np.ndarray, options: DecodingOptions, suppress: list[int],
                n_text_ctx: int = 448, n_audio_ctx: int = 1500, condition_on_previous_text: bool = True,
                temperature: float | tuple[float, ...] = TEMPERATURES,
