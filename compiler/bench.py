@@ -3,6 +3,8 @@
 Workloads (the same definitions the peer script uses for faster-whisper, openai-whisper and transformers):
   MEL   log-mel of one 30 s window: the compiled mel graph, input and output on the artifact's device
   LF    long-form transcription of one file (openai's sequential 30 s windows), greedy, batch 1
+  LFC   batched long-form of one file (``transcribe_chunked``: <= 30 s chunks cut at quiet points, ``batch`` of
+        them decoded together, without timestamps), greedy
   TP    many short files, ``batch`` files in flight at once (``transcribe_many``: their windows share decoder
         batches)
   COLD  load the artifact and transcribe the first file (``mwc bench`` runs it in this process; the peer script
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-WORKLOADS = ("MEL", "LF", "TP", "COLD", "W30")
+WORKLOADS = ("MEL", "LF", "LFC", "TP", "COLD", "W30")
 
 
 def _sync(model) -> None:
@@ -148,6 +150,16 @@ def run_mwc(artifact_dir: str | Path, workload: str, files: list, *, batch: int 
         seconds, texts = _best(run, repeat)
         detail["rtf"] = seconds / detail["audio_seconds"]
         detail["batch"] = batch
+    elif workload == "LFC":  # the same chunks are given to faster-whisper's batched pipeline (bench_peers.py)
+        from .runtime.audio import chunk_bounds
+
+        def run():
+            return [model.transcribe_chunked(a, batch_size=batch, language=language, temperature=0.0,
+                                             without_timestamps=True)["text"] for a in audios]
+
+        seconds, texts = _best(run, max(1, repeat - 1))
+        detail["rtf"] = seconds / detail["audio_seconds"]
+        detail["batch"], detail["chunks"] = batch, sum(len(chunk_bounds(a)) for a in audios)
     else:  # LF: greedy without temperature fallback, as the peers are run
         def run():
             return [model.transcribe(a, language=language, temperature=0.0)["text"] for a in audios]

@@ -354,17 +354,19 @@ class _ProgressLine:
 @main.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.argument("audio", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("-w", "--workload", "workloads", multiple=True, type=click.Choice(["MEL", "LF", "TP", "COLD", "W30"],
+@click.option("-w", "--workload", "workloads", multiple=True, type=click.Choice(["MEL", "LF", "LFC", "TP", "COLD", "W30"],
               case_sensitive=False), help="workload(s) to run (default: MEL, LF, W30); see compiler/bench.py")
-@click.option("--batch", type=int, default=1, show_default=True,
-              help="W30: copies of the window decoded at once; TP: files in flight at once")
+@click.option("--batch", type=click.IntRange(min=1), default=None,
+              help="W30: copies of the window decoded at once (default 1); TP: files in flight at once (default 1); "
+                   "LFC: chunks decoded together (default 16)")
 @click.option("--tokens", "n_tokens", type=int, default=100, show_default=True, help="W30: greedy tokens per row")
 @click.option("--repeat", type=int, default=3, show_default=True, help="timed runs after one warm-up; best counts")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object per workload")
-def bench(artifact: Path, audio: tuple[Path, ...], workloads: tuple[str, ...], batch: int, n_tokens: int,
+def bench(artifact: Path, audio: tuple[Path, ...], workloads: tuple[str, ...], batch: int | None, n_tokens: int,
           repeat: int, as_json: bool) -> None:
-    """Time ARTIFACT on AUDIO: log-mel of a 30 s window (MEL), long-form transcription (LF: the first file; TP: all
-    files), load + first transcript (COLD), and one window with N greedy tokens (W30). The peer comparison with
+    """Time ARTIFACT on AUDIO: log-mel of a 30 s window (MEL), long-form transcription (LF: the first file, openai's
+    sequential loop; LFC: the first file, batched long-form as --chunked; TP: all files), load + first transcript
+    (COLD), and one window with N greedy tokens (W30). The peer comparison with
     faster-whisper, openai-whisper and transformers is tests/bench_peers.py."""
     from .bench import run_mwc
     from .runtime.audio import AudioError
@@ -374,7 +376,8 @@ def bench(artifact: Path, audio: tuple[Path, ...], workloads: tuple[str, ...], b
     for w in [w.upper() for w in workloads] or ["MEL", "LF", "W30"]:
         files = list(audio) if w == "TP" else [audio[0]]
         try:
-            r = run_mwc(artifact, w, files, batch=batch, n_tokens=n_tokens, repeat=repeat)
+            r = run_mwc(artifact, w, files, batch=batch or (16 if w == "LFC" else 1), n_tokens=n_tokens,
+                        repeat=repeat)
         except (ArtifactError, AudioError) as e:
             raise MwcError(str(e)) from e
         rows.append(r)
@@ -394,6 +397,8 @@ def bench(artifact: Path, audio: tuple[Path, ...], workloads: tuple[str, ...], b
             info = f"load {d['load_s']:.3f} s, then {d['audio_seconds']:.1f} s of audio"
         else:
             info = f"{d['audio_seconds']:.1f} s of audio, RTF {d['rtf']:.2e}"
+            if r["workload"] == "LFC":
+                info += f", {d['chunks']} chunks, batch {d['batch']}"
         click.echo(f"{r['workload']:8s} {r['seconds']:10.4f}  {info}")
 
 

@@ -8,6 +8,8 @@ timestamps on (each system's own long-form loop for LF; one window per short cli
 
 Workloads:
   LF    one long English file (clips of the dev set joined), long-form, batch 1: seconds, RTF, WER
+  LFC   the LF file as batched long-form: cut into <= 30 s chunks at quiet points (mwc's chunk_bounds), the same
+        chunks decoded by each system with its TP batching, without timestamps: seconds, RTF, WER
   TP    N short clips (the dev clips, repeated to N): each system's best batching (faster-whisper
         BatchedInferencePipeline, transformers generate in batches, mwc transcribe_many, openai-whisper
         sequential): seconds, WER
@@ -50,7 +52,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SYSTEMS = ("mwc", "faster", "openai", "hf")
 LABELS = {"mwc": "mwc", "faster": "faster-whisper", "openai": "openai-whisper", "hf": "transformers"}
-WORKLOADS = ("LF", "TP", "MEL", "COLD")
+WORKLOADS = ("LF", "LFC", "TP", "MEL", "COLD")
 SR = 16000
 N_SAMPLES = 30 * SR
 RESULT_TAG = "BENCH_RESULT "
@@ -208,6 +210,15 @@ class Peer:
             audio = read_wav(data / s["meta"]["lf"]["file"])
             best, times, text = timed(lambda: self.lf(audio), repeat, sync=self.sync)
             return {"seconds": best, "times": times, "texts": [text]}
+        if workload == "LFC":  # the same chunks for every system (mwc's chunk_bounds), without timestamps
+            audio = read_wav(data / s["meta"]["lf"]["file"])
+            sys.path.insert(0, str(ROOT))
+            from compiler.runtime.audio import chunk_bounds
+
+            chunks = [audio[a:b] for a, b in chunk_bounds(audio)]
+            best, times, texts = timed(lambda: self.tp(chunks, timestamps=False), repeat, sync=self.sync)
+            return {"seconds": best, "times": times, "texts": [" ".join(texts)], "chunks": len(chunks),
+                    "batch": s["tp_batch"]}
         if workload == "TP":
             files = [data / t["file"] for t in s["meta"]["tp"]]
             audios = [read_wav(f) for f in files]
@@ -253,7 +264,7 @@ class Faster(Peer):
                                         condition_on_previous_text=True, vad_filter=False, without_timestamps=False)
         return "".join(s.text for s in segs)
 
-    def tp(self, audios):
+    def tp(self, audios, timestamps=True):
         import numpy as np
 
         starts, t = [], 0
@@ -263,7 +274,7 @@ class Faster(Peer):
         joined = np.concatenate(audios)
         clips = [{"start": s / SR, "end": (s + len(a)) / SR} for s, a in zip(starts, audios)]
         segs, _ = self.batched.transcribe(joined, language="en", beam_size=1, best_of=1, temperature=0.0,
-                                          batch_size=self.spec["tp_batch"], without_timestamps=False,
+                                          batch_size=self.spec["tp_batch"], without_timestamps=not timestamps,
                                           vad_filter=False, clip_timestamps=clips)
         texts = [""] * len(audios)
         bounds = [c["start"] for c in clips]
@@ -316,8 +327,8 @@ class OpenAI(Peer):
     def lf(self, audio):
         return self.model.transcribe(audio, **self._opts())["text"]
 
-    def tp(self, audios):
-        return [self.model.transcribe(a, **self._opts())["text"] for a in audios]
+    def tp(self, audios, timestamps=True):
+        return [self.model.transcribe(a, **self._opts(without_timestamps=not timestamps))["text"] for a in audios]
 
     def mel(self, audio):
         if getattr(self, "_mel_in", (None,))[0] is not audio:  # the window uploaded once, as mwc's input is
@@ -389,12 +400,12 @@ class HF(Peer):
         seqs = out["sequences"] if isinstance(out, dict) else out
         return self.proc.batch_decode(seqs, skip_special_tokens=True)[0]
 
-    def tp(self, audios):
+    def tp(self, audios, timestamps=True):
         texts, b = [], self.spec["tp_batch"]
         for i in range(0, len(audios), b):
             feats, _ = self._features(audios[i:i + b], long_form=False)
             with self.torch.no_grad():
-                out = self.model.generate(feats, return_timestamps=True, do_sample=False, num_beams=1,
+                out = self.model.generate(feats, return_timestamps=timestamps, do_sample=False, num_beams=1,
                                           **self._lang())
             texts += self.proc.batch_decode(out, skip_special_tokens=True)
         return [t.strip() for t in texts]
@@ -428,7 +439,7 @@ class Mwc(Peer):
     def run(self, workload: str) -> dict:
         s = self.spec
         data = Path(s["data"]) if s.get("data") else None
-        if workload == "LF":
+        if workload in ("LF", "LFC"):
             files = [str(data / s["meta"]["lf"]["file"])]
         elif workload == "TP":
             files = [str(data / t["file"]) for t in s["meta"]["tp"]]
@@ -450,7 +461,7 @@ class Mwc(Peer):
         else:
             raise SystemExit(f"unknown workload {workload}")
         kw = {"repeat": s["mel_calls"] if workload == "MEL" else s["repeat"]}
-        batch = s["tp_batch"] if workload == "TP" else 1  # TP: mwc batches files like the batched peers
+        batch = s["tp_batch"] if workload in ("TP", "LFC") else 1  # as the batched peers
         r = self.run_mwc(s["models"]["mwc"], workload, files, batch=batch, n_tokens=s["n_tokens"], **kw)
         return {"seconds": r["seconds"], "texts": r.get("texts", []), "detail": r.get("detail", {}),
                 "runner": self.runner}
@@ -760,7 +771,7 @@ def table(rows: dict, systems: list[str], lf_seconds: float | None) -> str:
                 continue
             t = r.get("seconds") if r.get("ok") else None
             cell = fmt_time(t, label) if r.get("ok") else "failed"
-            if label == "LF" and t is not None and lf_seconds:
+            if label in ("LF", "LFC") and t is not None and lf_seconds:
                 cell += f" (RTF {t / lf_seconds:.2g})"
             cells.append(cell)
             if s != "mwc":
@@ -875,7 +886,7 @@ def main_run(args) -> None:
             for s in systems:
                 print(f"[{time.strftime('%H:%M:%S')}] {LABELS[s]} {w} ...", file=sys.stderr, flush=True)
                 r = run_worker(s, w, spec_path, args.device, out / "logs", args.timeout, envs.get(s))
-                if r.get("ok") and w == "LF":
+                if r.get("ok") and w in ("LF", "LFC"):
                     r["wer"] = wer([meta["lf"]["ref"]], r["texts"])
                     r["rtf"] = r["seconds"] / lf_seconds
                 elif r.get("ok") and w == "TP" and len(r.get("texts", [])) == len(meta["tp"]):
@@ -950,7 +961,8 @@ def notes(results: dict, lf_seconds: float | None, args) -> list[str]:
     if lf_seconds:
         out.append(f"LF = {lf_seconds:.0f} s of English audio, long-form, batch 1; TP batch {args.tp_batch} for "
                    "faster-whisper (BatchedInferencePipeline), transformers (generate) and mwc (transcribe_many), "
-                   "sequential for openai-whisper")
+                   "sequential for openai-whisper; LFC = the LF file cut into <= 30 s chunks at quiet points "
+                   "(mwc's chunk_bounds), the same chunks decoded by each system as in TP, without timestamps")
     for r in results["runs"]:
         if r.get("system") != "mwc" or not r.get("ok"):
             continue
@@ -960,7 +972,7 @@ def notes(results: dict, lf_seconds: float | None, args) -> list[str]:
             out.append(f"mwc COLD: import {r.get('import_s', 0):.2f} s + load {r.get('load_s', 0):.2f} s + first "
                        f"result {r.get('first_result_s', 0):.2f} s; compile (manifest timings): "
                        + ", ".join(f"{k} {val:.1f} s" for k, val in t.items()))
-        elif r["workload"] in ("LF", "MEL") and d:
+        elif r["workload"] in ("LF", "LFC", "MEL") and d:
             out.append(f"mwc {r['workload']}: runner {r.get('runner')}, {d.get('precision')} on {d.get('device')}"
                        + (f", mel device {d['mel_ms_device']:.3g} ms / host {d['mel_ms_host']:.3g} ms"
                           if "mel_ms_device" in d else ""))
@@ -1010,7 +1022,7 @@ def main() -> None:
     ap.add_argument("--precision", choices=["fp16", "fp32"], help="peers' compute type (default fp16 on cuda, "
                     "fp32 on cpu); mwc's comes from its artifact")
     ap.add_argument("--systems", default=",".join(SYSTEMS), help="comma list of mwc,faster,openai,hf")
-    ap.add_argument("--workloads", default=",".join(WORKLOADS), help="comma list of LF,TP,MEL,COLD")
+    ap.add_argument("--workloads", default=",".join(WORKLOADS), help="comma list of LF,LFC,TP,MEL,COLD")
     ap.add_argument("--data", help="folder written by --prepare-data")
     ap.add_argument("--ct2", help="the CTranslate2 (faster-whisper) model folder; the other formats come from it")
     ap.add_argument("--mwc", help="mwc artifact folder")
