@@ -38,8 +38,8 @@ def main() -> None:
                    "before each matmul")
 @click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
 @click.option("--attention", type=click.Choice(["mojo", "max", "flash"]), default="mojo", show_default=True,
-              help="attention kernel: the Mojo op in ops/, MAX's matmul+softmax for non-causal attention, or "
-                   "(GPU) MAX's flash attention kernel for the encoder's self-attention")
+              help="the encoder's self-attention: the Mojo op in ops/, MAX's matmul + softmax, or (GPU) MAX's "
+                   "flash attention kernel; the decoder's attention is always the Mojo op")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               help="artifact folder (default: artifacts/NAME-PRECISION-DEVICE)")
 @click.option("--force", is_flag=True, help="replace an existing artifact folder")

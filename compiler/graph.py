@@ -12,10 +12,10 @@ The decoder also picks the greedy token itself (``pick``): the logit rules arriv
 and a few integers per row (see ``PICK_RULES``), so a greedy step returns the next token ids (fed straight back
 as the next ``tokens``), their log-probs and the no-speech log-prob; the (batch, t, vocab) logits stay an output
 for sampling, beam search and parity, but a greedy loop never copies them to the host.
-Attention runs as the Mojo op ``mwc_attention`` ("mojo", the default) or, where it is not causal, as MAX's own
-matmul/softmax ("max"); causal attention is always the Mojo op (see ``attention``). "flash" (GPU only) runs the
-encoder's self-attention as MAX's tensor-core flash attention kernel (``mo.mha.no_cache``) and everything else as
-"mojo".
+Attention runs as the Mojo op ``mwc_attention`` (``attention``). The encoder's self-attention (1500 × 1500, not
+causal) can run instead as MAX's matmul + softmax ("max": two batched matmuls, tensor cores on a GPU) or, GPU only,
+MAX's flash attention kernel ("flash", ``mo.mha.no_cache``); the decoder's attention (over the cache, and
+cross-attention) is always the Mojo op.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ class WhisperGraphs:
         if attention not in ATTENTION_IMPLS:
             raise ValueError(f"attention must be one of {ATTENTION_IMPLS}")
         self.dims, self.plan, self.device, self.attention_impl = dims, plan, device, attention
+        self.taps: list[TensorValue] | None = None  # a probe's list: the decoder's residual stream as extra outputs
         self.wdtype = _dtype(plan.weights)
         self.act = _dtype(plan.matmul)  # matmul inputs and outputs
         self.res = _dtype(plan.residual)  # the residual stream
@@ -54,8 +55,8 @@ class WhisperGraphs:
         self.conv_dtype = _dtype(plan.conv)  # fp32 for bf16 on the CPU: see precision.plan_for
         self.graph: Graph | None = None
 
-    def extensions(self, ops_dir: Path, causal: bool = False) -> list[Path]:
-        return [] if self.attention_impl == "max" and not causal else [ops_dir]
+    def extensions(self, ops_dir: Path, decoder: bool = False) -> list[Path]:
+        return [ops_dir] if decoder or self.attention_impl == "mojo" else []
 
     # --- helpers -------------------------------------------------------------------------------------------------
     def w(self, name: str, shape: tuple[int, ...], dtype: DType | None = None) -> TensorValue:
@@ -103,14 +104,16 @@ class WhisperGraphs:
         b, h, t, dh = x.shape
         return ops.reshape(ops.permute(x, [0, 2, 1, 3]), [b, t, int(h) * int(dh)])
 
-    def attention(self, q: TensorValue, k: TensorValue, v: TensorValue, causal: bool = False) -> TensorValue:
-        """softmax(q k^T / sqrt(64) [+ causal mask]) v on (B, H, T, 64) tensors.
+    def attention(self, q: TensorValue, k: TensorValue, v: TensorValue, causal: bool = False,
+                  matmul: bool = False) -> TensorValue:
+        """softmax(q k^T / sqrt(64) [+ causal mask]) v on (B, H, T, 64) tensors: the Mojo op, or with ``matmul``
+        (not causal) MAX's matmul + softmax.
 
         Causal (decoder self-attention over the cache): key j is visible to query i iff j <= i + (Tk - Tq).
+        MAX 26.7 miscompiles softmax over a where()-masked score tensor (NaNs or the mask dropped; seen with -inf,
+        finite and additive masks), so causal attention is always the Mojo op.
         """
-        if self.attention_impl == "mojo" or causal:
-            # MAX 26.7 miscompiles softmax over a where()-masked score tensor (NaNs or the mask dropped; seen
-            # with -inf, finite and additive masks), so causal attention always runs the Mojo op.
+        if not matmul or causal:
             return ops.custom("mwc_attention", self.device, [q, k, v], [TensorType(q.dtype, q.shape, self.device)],
                               parameters={"causal": causal})[0].tensor
         scale = 1.0 / float(int(q.shape[-1])) ** 0.5
@@ -156,7 +159,9 @@ class WhisperGraphs:
             q, k, v = (self.cast(z, cache[0].dtype) for z in (q, k, v))
             k = ops.concat([cache[0], k], axis=2)
             v = ops.concat([cache[1], v], axis=2)
-        out = self.linear(self.merge(self.attention(q, k, v, causal=cache is not None)), p + ".attn.out", n, n)
+        encoder = cache is None
+        a = self.attention(q, k, v, causal=not encoder, matmul=encoder and self.attention_impl == "max")
+        out = self.linear(self.merge(a), p + ".attn.out", n, n)
         return out, (k, v)
 
     def pick(self, logits: TensorValue, bias: TensorValue, rules: TensorValue):
@@ -242,15 +247,20 @@ class WhisperGraphs:
         pos = self.w("decoder.positional_embedding", (d.n_text_ctx, n))
         x = self.cast(ops.gather(emb, tokens, axis=0), self.res)
         x = x + self.cast(ops.gather(pos, positions, axis=0), self.res)
+        tap = (lambda v: self.taps.append(self.cast(v, DType.float32))) if self.taps is not None else (lambda v: v)
+        tap(x)
         for i in range(d.n_text_layer):  # ResidualAttentionBlock with cross-attention
             p = f"decoder.blocks.{i}"
             x = x + self.cast(self_attn(i, self.layer_norm(x, p + ".attn_ln", n)), self.res)
+            tap(x)
             h = self.layer_norm(x, p + ".cross_attn_ln", n)
             q = self.heads(self.linear(h, p + ".cross_attn.query", n, n), d.n_text_head)
             x = x + self.cast(self.linear(self.merge(self.attention(q, self.cast(cross_k[i], self.act),
                                                                       self.cast(cross_v[i], self.act))),
                                           p + ".cross_attn.out", n, n), self.res)
+            tap(x)
             x = x + self.cast(self.mlp(self.layer_norm(x, p + ".mlp_ln", n), p, n), self.res)
+            tap(x)
         x = self.layer_norm(x, "decoder.ln", n)
         lg = _dtype(self.plan.logits)
         return self.cast(self.cast(x, lg) @ self.cast(emb, lg).T, DType.float32)  # tied to the embedding
@@ -264,7 +274,7 @@ class WhisperGraphs:
         types = [TensorType(DType.int64, ["batch", "t"], self.device), cache_t, cache_t, cross_t, cross_t,
                  TensorType(DType.float32, [d.n_vocab], self.device),
                  TensorType(DType.int64, ["batch", PICK_RULES], self.device)]
-        with Graph("decoder", input_types=types, module=module, custom_extensions=self.extensions(ops_dir, causal=True)) as g:
+        with Graph("decoder", input_types=types, module=module, custom_extensions=self.extensions(ops_dir, decoder=True)) as g:
             self.graph = g
             tokens, k_cache, v_cache, cross_k, cross_v, bias, rules = (v.tensor for v in g.inputs)
             t, past = tokens.shape[1], k_cache.shape[3]
@@ -281,7 +291,7 @@ class WhisperGraphs:
                 return a
 
             logits = self.decoder_body(tokens, positions, cross_k, cross_v, self_attn)
-            g.output(logits, ops.stack(new_k), ops.stack(new_v), *self.pick(logits, bias, rules))
+            g.output(logits, ops.stack(new_k), ops.stack(new_v), *self.pick(logits, bias, rules), *(self.taps or []))
 
     def build_step(self, module: Module, ops_dir: Path) -> None:
         """``step``: the greedy decoder over a fixed-size KV cache updated in place (design B of the KV-cache notes,
@@ -349,7 +359,7 @@ class AuxGraphs(WhisperGraphs):
         cross_t = TensorType(kv, [d.n_text_layer, 1, d.n_text_head, "n_audio", dh], self.device)
         types = [TensorType(DType.int64, [1, "t"], self.device), cross_t, cross_t]
         with Graph("alignment", input_types=types, module=module,
-                   custom_extensions=self.extensions(ops_dir, causal=True)) as g:
+                   custom_extensions=self.extensions(ops_dir, decoder=True)) as g:
             self.graph = g
             tokens, cross_k, cross_v = (v.tensor for v in g.inputs)
             t = tokens.shape[1]

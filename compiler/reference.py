@@ -141,13 +141,18 @@ class NumpyWhisper:
                  for i in range(d.n_text_layer)]
         return {"xa": xa, "cross": cross}
 
-    def decode(self, tokens: np.ndarray, audio: dict, cache: list | None, scores: list | None = None):
+    def decode(self, tokens: np.ndarray, audio: dict, cache: list | None, scores: list | None = None,
+               taps: list | None = None):
         """tokens (B, T) new tokens; cache: per layer (K, V) of the earlier tokens. Returns logits (B, T, V).
-        ``scores``: a list that gets each layer's cross-attention scores (B, H, T, n_audio) before the softmax."""
+        ``scores``: a list that gets each layer's cross-attention scores (B, H, T, n_audio) before the softmax;
+        ``taps``: one that gets the residual stream after the embeddings and after each sub-block (as the graph's
+        ``taps``)."""
+        tap = taps.append if taps is not None else (lambda v: v)
         w, d, r = self.w, self.dims, self._r
         past = 0 if cache is None else cache[0][0].shape[1]
         x = r(w["decoder.token_embedding.weight"][tokens] + w["decoder.positional_embedding"][past:past + tokens.shape[1]],
               "residual")
+        tap(x)
         new_cache = []
         for i in range(d.n_text_layer):
             p = f"decoder.blocks.{i}"
@@ -160,12 +165,15 @@ class NumpyWhisper:
             q = r(self._linear(h, p + ".attn.query"), "kv_cache")  # the graphs attend in the cache's dtype
             x = r(x + self._linear(self._qkv_attention(q, k, v, d.n_text_head, causal_offset=past), p + ".attn.out"),
                   "residual")
+            tap(x)
             h = self._ln(x, p + ".cross_attn_ln")
             ck, cv = audio["cross"][i]
             x = r(x + self._linear(self._qkv_attention(self._linear(h, p + ".cross_attn.query"), ck, cv,
                                                        d.n_text_head, scores=scores), p + ".cross_attn.out"),
                   "residual")
+            tap(x)
             x = r(x + self._mlp(self._ln(x, p + ".mlp_ln"), p), "residual")
+            tap(x)
         x = self._ln(x, "decoder.ln")
         return r(x, "logits") @ r(w["decoder.token_embedding.weight"], "logits").T, new_cache
 
