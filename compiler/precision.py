@@ -16,6 +16,7 @@ dtype right before its matmul (or gather). Everything else (biases, norms, posit
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 
 from .errors import MwcError
@@ -48,6 +49,14 @@ def plan_for(precision: str, device: str) -> PrecisionPlan:
         f = "float32"
         return PrecisionPlan(name="int8", weights=f, matmul=f, conv=f, residual=f, layer_norm=f, softmax=f, kv_cache=f,
                              logits=f, mel=f, quantized="int8")
+    if precision == "bf16" and device == "gpu" and os.environ.get("MWC_GPU_BF16", "") in ("", "0"):
+        # On the H200, MAX 26.7's bf16 kernels return zeros or garbage for few-row operands (tests/gpu_probe.py
+        # bf16, taps): a (1, 6, 512) cast, a 6-row projection and the KV-cache concat read all zeros, a 6-row
+        # vocabulary matmul is 0.64 off (1 row: 3e-3), so base's decoder logits came out 0.92 off and the parity
+        # gate refused the artifact after a full compile. Refuse before compiling; MWC_GPU_BF16=1 tries anyway.
+        raise MwcError("--bf16 on the GPU: MAX 26.7's bf16 GPU kernels miscompute the decoder's few-row matmuls "
+                       "(measured on the H200; the parity check refuses the artifact); use --fp16 on the GPU, or "
+                       "--bf16 on the CPU (set MWC_GPU_BF16=1 to try it with another MAX)")
     low = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[precision]
     if precision == "fp16" and device == "cpu":
         # MAX 26.7's CPU fp16 matmul and conv2d accumulate in fp16 (tests/probe_bf16_conv.py fp16: conv2d and

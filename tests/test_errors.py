@@ -38,6 +38,14 @@ def test_flash_attention_needs_a_gpu(hf_small, tmp_path):
     assert_clean_failure(r, out, "--attention flash", "--device gpu")
 
 
+def test_bf16_on_the_gpu_is_refused_before_compiling(hf_small, tmp_path):
+    """MAX 26.7's GPU bf16 kernels miscompute few-row matmuls (measured on the H200): refused up front, not after a
+    compile that the parity gate then rejects."""
+    out = tmp_path / "out"
+    r = mwc("compile", str(hf_small), "--bf16", "--device", "gpu", "-o", str(out))
+    assert_clean_failure(r, out, "--bf16", "--fp16")
+
+
 def test_missing_path(tmp_path):
     out = tmp_path / "out"
     r = mwc("compile", str(tmp_path / "nope"), "-o", str(out))
