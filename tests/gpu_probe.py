@@ -7,6 +7,11 @@
     python tests/gpu_probe.py mem ARTIFACT [BATCH ...]
                                                      nvidia-smi memory after load, the first transcription and W30 at
                                                      each batch (MWC_NO_CAPTURE=1: without device-graph capture)
+    python tests/gpu_probe.py taps MODEL PRECISION   the decoder's residual stream after every sub-block vs float64
+                                                     (bisects a precision plan on the GPU)
+    python tests/gpu_probe.py steps ARTIFACT [BATCH ...]
+                                                     ms per decoder step: captured replay, eager on device inputs,
+                                                     greedy_step as the runtime runs it
 
 Measured 2026-11-30 (H200, MAX 26.7): mel new kernel 0.095 ms vs 0.099 (80 mels); bf16 attention ≤ 7.7e-3 abs, vocab
 matmul 2.8e-3 rel; memory tiny.en 782 → 2194 MiB (capture) / 917 (no capture); small 1553 → 2197 → 2383 (W30 b1).
@@ -15,6 +20,7 @@ matmul 2.8e-3 rel; memory tiny.en 782 → 2194 MiB (capture) / 917 (no capture);
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -151,23 +157,288 @@ def memory(artifact: str, batches: list[str]) -> None:
     mark("transcribe jfk")
     for b in batches:
         bench.w30(m, a, batch=int(b), n_tokens=100)
+        r = bench.w30(m, a, batch=int(b), n_tokens=100)
         mark(f"w30 b{b}")
+        rows[f"w30 b{b}"].update({k: round(r[k], 3) for k in ("encoder_ms", "prefill_ms", "step_ms")})
     stop.set()
-    print(json.dumps({"artifact": artifact, "text": text[:60], **rows}))
+    env = {k: v for k, v in os.environ.items() if k.startswith(("MODULAR_DEVICE", "MWC_"))}
+    print(json.dumps({"artifact": artifact, "env": env, "text": text[:60], **rows}))
+
+
+def steps(artifact: str, batches: list[str]) -> None:
+    """Where a decoder step's time goes: ``n`` steps back to back with one sync at the end — the captured graph
+    replayed (device time), the step graph executed eagerly on device-resident inputs, and ``greedy_step`` as the
+    runtime calls it (host copies of the inputs and of the picked ids included)."""
+    from compiler import bench
+    from compiler.runtime.audio import load_audio
+    from compiler.runtime.decoding import pick_rules, sot_sequence
+
+    m = _load(artifact)
+    a = load_audio(JFK)
+    tk, n = m.tokenizer, 100
+    for b in map(int, batches or ["1"]):
+        bench.w30(m, a, batch=b, n_tokens=8)  # captures the step graph for this batch
+        mel = m.log_mel(bench.window_30s(a), padding=0)
+        audio = m.encode(np.repeat(mel[None], b, axis=0))
+        prompt = sot_sequence(tk, "en" if tk.languages else None, "transcribe", without_timestamps=True)
+        tokens = np.array([prompt] * b, dtype=np.int64)
+        rules = pick_rules([], tokens, 0, tk)
+        suppress = tuple(sorted(set(m.suppress) | {tk.eot, tk.no_timestamps}))
+        ids, _, _, state, feed = m.greedy_step(tokens, audio, None, rules, suppress)
+        row = {"batch": b}
+        t0 = time.perf_counter()
+        for _ in range(n):
+            ids, _, _, state, feed = m.greedy_step(feed, audio, state, rules, suppress)
+        row["greedy_step_ms"] = (time.perf_counter() - t0) / n * 1e3
+        ent = m._captured.get(b)
+        if ent is not None:
+            inputs = ent[0]
+            m.device.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(n):
+                m.models["step"].replay(b, *inputs)
+            m.device.synchronize()
+            row["replay_ms"] = (time.perf_counter() - t0) / n * 1e3
+            args = list(inputs)
+            m.device.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(n):
+                m.models["step"].execute(*args)
+            m.device.synchronize()
+            row["eager_device_inputs_ms"] = (time.perf_counter() - t0) / n * 1e3
+        print(json.dumps({"artifact": artifact, **{k: round(v, 4) if isinstance(v, float) else v
+                                                    for k, v in row.items()}}))
+
+
+def decoder_taps(model: str, precision: str) -> None:
+    """Bisect a precision plan on the GPU: the encoder and decoder graphs built with the residual stream after every
+    decoder sub-block as extra outputs (``WhisperGraphs.taps``), run on JFK (prompt + 2 tokens, then one cached
+    step) and compared tap by tap with the float64 reference (``NumpyWhisper.decode(taps=...)``)."""
+    import tempfile
+
+    from max.driver import Buffer
+    from max.graph import Module
+    from max.graph.weights import SafetensorWeights
+
+    from compiler.artifact import resource_dir
+    from compiler.graph import WhisperGraphs
+    from compiler.parity import reference_cross_k, speech_clip
+    from compiler.precision import plan_for
+    from compiler.readers import load_checkpoint
+    from compiler.reference import NumpyWhisper, log_mel_spectrogram
+    from compiler.runtime.audio import N_FRAMES, N_SAMPLES
+    from compiler.runtime.model import _empty, to_numpy
+    from compiler.weights import graph_weights, save_weights
+
+    from max.driver import CPU, accelerator_count
+    from max.engine import InferenceSession
+    from max.graph import DeviceRef
+
+    on_gpu = accelerator_count() > 0  # a CPU run checks the probe itself (with the CPU plan)
+    gpu, dev, session = _session() if on_gpu else (CPU(), DeviceRef.CPU(), InferenceSession(devices=[CPU()]))
+    ck = load_checkpoint(model)
+    d, plan, ops_dir = ck.dims, plan_for(precision, "gpu" if on_gpu else "cpu"), resource_dir("ops")
+    b = WhisperGraphs(d, plan, dev, "mojo")
+    module = Module()
+    b.build_encoder(module, ops_dir)
+    b.taps = []
+    b.build_decoder(module, ops_dir)
+    n_taps = len(b.taps)
+    t0 = time.perf_counter()
+    compiled = session.compile(module, custom_extensions=[ops_dir])
+    print(f"{model} {precision}: compiled in {time.perf_counter() - t0:.0f} s; plan {plan.to_dict()}", flush=True)
+    put = lambda x: Buffer.from_numpy(np.ascontiguousarray(x)).to(gpu)  # noqa: E731
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "w.safetensors"
+        save_weights(graph_weights(ck, plan), path, plan)
+        registry = {name: w.data().data for name, w in SafetensorWeights([path]).items()}
+        models = session.init_all(compiled, weights_registry=registry)
+        mel = log_mel_spectrogram(speech_clip(), d.n_mels, N_SAMPLES)[:, :N_FRAMES][None].astype(np.float32)
+        xa, cross_k, cross_v = models["encoder"].execute(put(mel))
+        ref = NumpyWhisper(ck)
+        want = ref.encode(mel)
+        rows = [("encoder", to_numpy(xa), want["xa"]),
+                ("cross_k", to_numpy(cross_k), reference_cross_k(want, d.n_text_head))]
+        tk = ck.tokens
+        prompt = [tk.sot] + ([tk.languages["en"], tk.transcribe] if tk.languages else []) + [tk.timestamp_begin]
+        empty = _empty((d.n_text_layer, 1, d.n_text_head, 0, d.n_text_state // d.n_text_head), plan.kv_cache, gpu)
+        bias, rules = put(np.zeros(d.n_vocab, np.float32)), put(np.zeros((1, 12), np.int64))
+        names = ["embed"] + [f"{i}.{part}" for i in range(d.n_text_layer) for part in ("self", "cross", "mlp")]
+        cache, cache_ref = (empty, empty), None
+        for call, tokens in (("prompt", prompt + [440, 1029]), ("step", [13])):
+            tok = np.array([tokens], dtype=np.int64)
+            out = models["decoder"].execute(put(tok), *cache, cross_k, cross_v, bias, rules)
+            ref_taps: list = []
+            logits_ref, cache_ref = ref.decode(tok, want, cache_ref, taps=ref_taps)
+            cache = (out[1], out[2])
+            rows += [(f"{call} {n}", to_numpy(g), w) for n, g, w in zip(names, out[-n_taps:], ref_taps)]
+            rows.append((f"{call} logits", to_numpy(out[0]), logits_ref))
+    for name, got, want in rows:
+        got, want = got.astype(np.float64).ravel(), want.astype(np.float64).ravel()
+        cos = float(got @ want / (np.linalg.norm(got) * np.linalg.norm(want) + 1e-30))
+        rel = float(np.abs(got - want).max() / (np.abs(want).max() + 1e-30))
+        flag = "  <-- " if cos < 0.999 else ""
+        print(f"  {precision} {name:14s} cos {cos:.6f}  max_rel {rel:.2e}  |ref| {np.abs(want).max():.3g}{flag}",
+              flush=True)
+
+
+def bf16_pieces() -> None:
+    """The decoder's suspects in bf16 on one graph: the tied vocabulary matmul against a bf16 *weight* (M = 6 and
+    M = 1, as the prompt and a step), a projection with bias against a bf16 weight, and the KV cache's concat onto
+    an empty bf16 cache + stack — each vs numpy on the same bf16-rounded values."""
+    import tempfile
+
+    from max.driver import Buffer
+    from max.dtype import DType
+    from max.graph import Graph, TensorType, Weight, ops
+    from max.graph.weights import SafetensorWeights
+
+    from compiler.precision import plan_for
+    from compiler.reference import round_to
+    from compiler.runtime.model import _empty, to_numpy
+    from compiler.weights import save_weights
+
+    gpu, dev, sess = _session()
+    rng = np.random.default_rng(0)
+    bf = lambda x: round_to(x, "bfloat16")  # noqa: E731
+    emb, w, bias = bf(rng.standard_normal((51865, 512)) * 0.05), bf(rng.standard_normal((1536, 512)) * 0.05), \
+        bf(rng.standard_normal(1536) * 0.1)
+    x, kin = bf(rng.standard_normal((1, 6, 512))), bf(rng.standard_normal((1, 8, 6, 64)))
+    f32 = DType.float32
+    types = [TensorType(f32, [1, 6, 512], dev), TensorType(f32, [1, 8, 6, 64], dev),
+             TensorType(DType.bfloat16, [1, 8, "past", 64], dev)]
+    with Graph("bf16_pieces", input_types=types) as g:
+        xv, kv, empty = (v.tensor for v in g.inputs)
+        e = g.add_weight(Weight("emb", DType.bfloat16, (51865, 512), dev))
+        wt = g.add_weight(Weight("w", DType.bfloat16, (1536, 512), dev))
+        bt = g.add_weight(Weight("b", DType.bfloat16, (1536,), dev))
+        xb = ops.cast(xv, DType.bfloat16)
+        last = ops.slice_tensor(xb, [slice(None), slice(5, 6), slice(None)])
+        cache = ops.stack([ops.concat([empty, ops.cast(kv, DType.bfloat16)], axis=2)])
+        g.output(ops.cast(xb @ e.T, f32), ops.cast(last @ e.T, f32), ops.cast(xb @ wt.T + bt, f32),
+                 ops.cast(cache, f32), ops.cast(xb, f32))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "w.safetensors"
+        save_weights({"emb": emb.astype(np.float32), "w": w.astype(np.float32), "b": bias.astype(np.float32)},
+                     path, plan_for("bf16", "cpu"))
+        registry = {n: v.data().data for n, v in SafetensorWeights([path]).items()}
+        t0 = time.perf_counter()
+        m = sess.load(g, weights_registry=registry)
+        print(f"bf16 pieces: compiled in {time.perf_counter() - t0:.0f} s", flush=True)
+        put = lambda a: Buffer.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(gpu)  # noqa: E731
+        outs = m.execute(put(x), put(kin), _empty((1, 8, 0, 64), "bfloat16", gpu))
+        want = [x @ emb.T, x[:, 5:6] @ emb.T, x @ w.T + bias, kin[None], x]
+        for name, got, ref in zip(["vocab M=6 (weight.T)", "vocab M=1 (weight.T)", "qkv linear + bias",
+                                   "concat(empty) + stack", "cast round trip"], outs, want):
+            got = to_numpy(got).astype(np.float64)
+            rel = np.abs(got - ref).max() / np.abs(ref).max()
+            print(f"  bf16 {name:24s} max_rel {rel:.2e}  zeros {np.mean(got == 0):.3f}", flush=True)
+
+
+def encoder_parts(piece: str, batch: int, size: str = "small") -> None:
+    """One piece of the encoder alone at ``batch`` windows (random fp16 weights, the GPU plan): ms per call.
+    stem = both convolutions + GELU; attn-mojo / attn-max = ln + QKV + attention + out (Mojo op / matmul+softmax);
+    mlp = ln + MLP; mm3d / mm2d = the QKV matmul as (B, 1500, d) or (B * 1500, d) @ (d, 3d)."""
+    from max.driver import Buffer
+    from max.dtype import DType
+    from max.graph import Graph, TensorType, ops
+
+    from compiler.artifact import resource_dir
+    from compiler.checkpoint import ModelDimensions
+    from compiler.graph import WhisperGraphs
+    from compiler.precision import plan_for
+
+    from max.driver import CPU, accelerator_count
+    from max.engine import InferenceSession
+    from max.graph import DeviceRef
+
+    on_gpu = accelerator_count() > 0  # a CPU run checks the probe itself
+    gpu, dev, sess = _session() if on_gpu else (CPU(), DeviceRef.CPU(), InferenceSession(devices=[CPU()]))
+    n, heads = {"small": (768, 12), "large-v3": (1280, 20)}[size]
+    dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=n, n_audio_head=heads, n_audio_layer=1,
+                           n_vocab=51865, n_text_ctx=448, n_text_state=n, n_text_head=heads, n_text_layer=1)
+    b = WhisperGraphs(dims, plan_for("fp16", "gpu"), dev, "max" if piece == "attn-max" else "mojo")
+    shapes: dict = {}
+    add = b.w
+
+    def w(name, shape, dtype=None):
+        shapes[name] = shape
+        return add(name, shape, dtype)
+
+    b.w = w
+    frames = 3000 if piece == "stem" else 1500
+    width = 80 if piece == "stem" else n
+    with Graph(f"enc_{piece}", input_types=[TensorType(DType.float16, [batch, frames, width], dev)],
+               custom_extensions=[resource_dir("ops")]) as g:
+        b.graph = g
+        x = g.inputs[0].tensor
+        if piece == "stem":
+            y = b.conv3(b.conv3(x, "encoder.conv1", 80, n, 1), "encoder.conv2", n, n, 2)
+        elif piece.startswith("attn"):
+            y = b.self_attention(b.layer_norm(x, "b.attn_ln", n), "b", n, heads)[0]
+        elif piece.startswith("core"):  # attention alone on q = k = v = heads(x)
+            q = b.heads(x, heads)
+            if piece == "core-4d":  # the graph's "max" formulation
+                y = b.attention(q, q, q, matmul=True)
+            else:  # (B*H, T, 64) batched matmuls, K transposed once
+                bh = batch * heads
+                q3 = ops.reshape(q, [bh, frames, n // heads])
+                kt = ops.permute(q3, [0, 2, 1])
+                sdt = DType.float32 if piece == "core-3d-f32" else DType.float16
+                sc = ops.cast((q3 @ kt) * (1.0 / 8.0), sdt)
+                y = ops.cast(ops.softmax(sc), DType.float16) @ q3
+            y = ops.reshape(y, [batch, -1, n]) if piece != "core-4d" else b.merge(y)
+        elif piece == "mlp":
+            y = b.mlp(b.layer_norm(x, "b.mlp_ln", n), "b", n)
+        elif piece == "mm3d":
+            y = x @ ops.cast(b.w("m", (n, 3 * n)), DType.float16)
+        else:
+            y = ops.reshape(x, [batch * frames, n]) @ ops.cast(b.w("m", (n, 3 * n)), DType.float16)
+        g.output(ops.cast(y, DType.float16))
+    rng = np.random.default_rng(0)
+    registry = {k: (rng.standard_normal(v) * 0.02).astype(np.float16) for k, v in shapes.items()}
+    t0 = time.perf_counter()
+    m = sess.load(g, weights_registry=registry)
+    compile_s = time.perf_counter() - t0
+    xb = Buffer.from_numpy((rng.standard_normal((batch, frames, width)) * 0.5).astype(np.float16)).to(gpu)
+    for _ in range(3):
+        m.execute(xb)
+    gpu.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(10):
+        m.execute(xb)
+    gpu.synchronize()
+    ms = (time.perf_counter() - t0) / 10 * 1e3
+    print(json.dumps({"piece": piece, "size": size, "batch": batch, "ms": round(ms, 3),
+                      "compile_s": round(compile_s, 1)}), flush=True)
+
+
+def _load(artifact: str):
+    from compiler.runtime.model import Whisper
+
+    return Whisper(artifact)
 
 
 def main() -> None:
-    if len(sys.argv) < 2 or sys.argv[1] not in ("mel", "ops", "mem"):
+    if len(sys.argv) < 2 or sys.argv[1] not in ("mel", "ops", "mem", "steps", "taps", "bf16", "enc"):
         raise SystemExit(__doc__)
     cmd, rest = sys.argv[1], sys.argv[2:]
     if cmd == "mel":
         mel(rest)
     elif cmd == "ops":
         op_checks(rest)
+    elif cmd == "enc":
+        encoder_parts(rest[0], int(rest[1]), *rest[2:])
+    elif cmd == "bf16":
+        bf16_pieces()
+    elif cmd == "taps":
+        if len(rest) != 2:
+            raise SystemExit("usage: gpu_probe.py taps MODEL fp16|bf16|fp32")
+        decoder_taps(*rest)
     else:
         if not rest:
-            raise SystemExit("usage: gpu_probe.py mem ARTIFACT [BATCH ...]")
-        memory(rest[0], rest[1:])
+            raise SystemExit(f"usage: gpu_probe.py {cmd} ARTIFACT [BATCH ...]")
+        (memory if cmd == "mem" else steps)(rest[0], rest[1:])
 
 
 if __name__ == "__main__":
