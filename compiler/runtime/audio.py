@@ -141,20 +141,22 @@ def chunk_bounds(audio: np.ndarray, max_seconds: float = CHUNK_LENGTH, search_se
     decoding. Each cut lies at the middle of the quietest ``quiet_seconds`` (mean square over 10 ms frames) among
     the last ``search_seconds`` before a chunk would exceed ``max_seconds``, so a cut rarely splits a word."""
     n = len(audio)
-    limit = int(max_seconds * SAMPLE_RATE)
+    limit, search = int(max_seconds * SAMPLE_RATE), int(search_seconds * SAMPLE_RATE)
     if n <= limit:
         return [(0, n)] if n else []
-    frames = n // HOP_LENGTH
-    power = np.square(np.asarray(audio[:frames * HOP_LENGTH], dtype=np.float64)).reshape(frames, HOP_LENGTH)
     width = max(1, int(quiet_seconds * SAMPLE_RATE) // HOP_LENGTH)
-    csum = np.concatenate([[0.0], np.cumsum(power.mean(axis=1))])
-    quiet = csum[width:] - csum[:-width]  # quiet[i]: energy of frames i .. i + width - 1
     bounds, start = [], 0
     while n - start > limit:
-        lo = (start + limit - int(search_seconds * SAMPLE_RATE)) // HOP_LENGTH
-        hi = (start + limit) // HOP_LENGTH - width  # the quiet span must end inside the chunk
-        lo = max(lo, start // HOP_LENGTH + 1)
-        cut = start + limit if hi <= lo else (lo + int(np.argmin(quiet[lo:hi + 1])) + width // 2) * HOP_LENGTH
+        end = start + limit
+        lo = max(start + HOP_LENGTH, end - search)  # only the search span is read: a long file costs little
+        frames = (end - lo) // HOP_LENGTH
+        cut = end
+        if frames > width:
+            seg = np.asarray(audio[lo:lo + frames * HOP_LENGTH], dtype=np.float32)
+            power = np.square(seg).reshape(frames, HOP_LENGTH).mean(axis=1, dtype=np.float64)
+            csum = np.concatenate([[0.0], np.cumsum(power)])
+            quiet = csum[width:] - csum[:-width]  # quiet[i]: energy of frames i .. i + width - 1, inside the chunk
+            cut = lo + (int(np.argmin(quiet)) + width // 2) * HOP_LENGTH
         bounds.append((start, cut))
         start = cut
     bounds.append((start, n))
