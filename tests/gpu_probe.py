@@ -8,13 +8,19 @@
                                                      nvidia-smi memory after load, the first transcription and W30 at
                                                      each batch (MWC_NO_CAPTURE=1: without device-graph capture)
     python tests/gpu_probe.py taps MODEL PRECISION   the decoder's residual stream after every sub-block vs float64
-                                                     (bisects a precision plan on the GPU)
+                                                     (bisects a precision plan; bf16 on the GPU needs MWC_GPU_BF16=1)
+    python tests/gpu_probe.py bf16                   the bf16 decoder's suspects in one graph vs numpy
     python tests/gpu_probe.py steps ARTIFACT [BATCH ...]
                                                      ms per decoder step: captured replay, eager on device inputs,
                                                      greedy_step as the runtime runs it
+    python tests/gpu_probe.py enc PIECE BATCH [SIZE]  one encoder piece alone (stem, attn-mojo, attn-max, mlp, mm3d,
+                                                     mm2d, core-4d, core-3d-f32, core-3d-f16), ms per call
+taps and enc also run on the CPU (with the CPU plan), to check the probe itself.
 
 Measured 2026-11-30 (H200, MAX 26.7): mel new kernel 0.095 ms vs 0.099 (80 mels); bf16 attention ≤ 7.7e-3 abs, vocab
 matmul 2.8e-3 rel; memory tiny.en 782 → 2194 MiB (capture) / 917 (no capture); small 1553 → 2197 → 2383 (W30 b1).
+Fourth visit: small b16 attention block 29.7 ms (Mojo) / 28.9 (max), MLP block 0.53, stem 4.96; step replay small
+0.94 ms, tiny.en 0.33; bf16 few-row casts / projections / KV concat read zeros (taps, bf16) — README Benchmarks.
 """
 
 from __future__ import annotations
