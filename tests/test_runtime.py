@@ -262,10 +262,12 @@ def test_cli_writes_outputs_and_reports_bad_files(tiny_en_artifact, data, tmp_pa
 def test_bench_cli(tiny_en_artifact):
     """`mwc bench` runs its workloads on the artifact (timings are not checked here: benchmarks live in bench)."""
     r = mwc("bench", str(tiny_en_artifact), str(ROOT / "examples" / "jfk.flac"), "-w", "MEL", "-w", "W30",
-            "-w", "LF", "--tokens", "5", "--repeat", "1", "--json")
+            "-w", "LF", "-w", "LFC", "--tokens", "5", "--repeat", "1", "--json")
     assert r.returncode == 0, r.stderr
     rows = {row["workload"]: row for row in map(json.loads, r.stdout.splitlines())}
-    assert set(rows) == {"MEL", "W30", "LF"}
+    assert set(rows) == {"MEL", "W30", "LF", "LFC"}
+    assert rows["LFC"]["detail"]["chunks"] == 1 and rows["LFC"]["detail"]["batch"] == 16
+    assert "ask what you can do for your country" in rows["LFC"]["texts"][0]
     assert rows["W30"]["detail"]["tokens"] == 5 and rows["W30"]["detail"]["step_ms"] > 0
     assert rows["MEL"]["detail"]["mel_ms_device"] > 0
     assert "ask not what your country can do for you" in rows["LF"]["texts"][0]
