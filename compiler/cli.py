@@ -259,7 +259,7 @@ def transcribe(artifact: Path, audio: tuple[Path, ...], language: str | None, ta
     Several files are decoded together (--batch-size); each is printed and written as soon as it and the files
     before it are done, in the order given. A progress bar (files, seconds of audio) shows on a terminal."""
     from .runtime.audio import AudioError
-    from .runtime.model import ArtifactError, Whisper
+    from .runtime.model import CHUNKED_BATCH_SIZE, ArtifactError, Whisper
     from .runtime.writers import write_result
 
     if output_format is not None and output_dir is None:
@@ -289,7 +289,7 @@ def transcribe(artifact: Path, audio: tuple[Path, ...], language: str | None, ta
                   seed=seed, silence_mel_threshold=silence_mel_threshold, beam_size=beam_size, best_of=best_of,
                   patience=patience, length_penalty=length_penalty, word_timestamps=word_timestamps,
                   language_per_window=language_per_window)
-    batch = batch_size or (16 if chunked else model.default_batch_size)
+    batch = batch_size or (CHUNKED_BATCH_SIZE if chunked else model.default_batch_size)
     failed, t0 = 0, time.perf_counter()
     bar = _ProgressLine(len(audio))
     try:
@@ -370,14 +370,14 @@ def bench(artifact: Path, audio: tuple[Path, ...], workloads: tuple[str, ...], b
     faster-whisper, openai-whisper and transformers is tests/bench_peers.py."""
     from .bench import run_mwc
     from .runtime.audio import AudioError
-    from .runtime.model import ArtifactError
+    from .runtime.model import CHUNKED_BATCH_SIZE, ArtifactError
 
     rows = []
     for w in [w.upper() for w in workloads] or ["MEL", "LF", "W30"]:
         files = list(audio) if w == "TP" else [audio[0]]
         try:
-            r = run_mwc(artifact, w, files, batch=batch or (16 if w == "LFC" else 1), n_tokens=n_tokens,
-                        repeat=repeat)
+            r = run_mwc(artifact, w, files, batch=batch or (CHUNKED_BATCH_SIZE if w == "LFC" else 1),
+                        n_tokens=n_tokens, repeat=repeat)
         except (ArtifactError, AudioError) as e:
             raise MwcError(str(e)) from e
         rows.append(r)

@@ -24,6 +24,7 @@ os.environ.setdefault("MODULAR_DEVICE_CONTEXT_MEMORY_MANAGER_SIZE_PERCENT", "1")
 # instead of 785 MiB after load, 2101 instead of 2197 after the first transcription; decoder step unchanged).
 os.environ.setdefault("MODULAR_DEVICE_CONTEXT_MEMORY_MANAGER_VMM_PAGE_MB", "32")
 NEG = -1e30  # a masked logit (graph.NEG)
+CHUNKED_BATCH_SIZE = 16  # a long file's chunks decoded together by default (transcribe_chunked, --chunked)
 SCHEMA_VERSION = 2  # 2: the decoder graph takes pick rules and returns the greedy pick
 
 
@@ -318,7 +319,7 @@ class Whisper:
         once (default ``default_batch_size``: 8); ``progress``: called with a
         ``decoding.Progress`` (files done of the total, seconds of audio done) as the work advances; the other
         options as ``transcribe``. ``chunked``: one file after another, each through ``transcribe_chunked`` with
-        ``batch_size`` (default 16) of its chunks decoded together."""
+        ``batch_size`` (default ``CHUNKED_BATCH_SIZE``) of its chunks decoded together."""
         if chunked:
             return self._chunked_many(audios, batch_size, progress, language=language, task=task,
                                       without_timestamps=without_timestamps, beam_size=beam_size, best_of=best_of,
@@ -339,7 +340,7 @@ class Whisper:
     def transcribe_chunked(self, audio, batch_size: int | None = None, language: str | None = None,
                            task: str = "transcribe", **kwargs) -> dict:
         """Batched long-form: ``audio`` (a path or a 16 kHz array) cut at quiet points into chunks of at most 30 s
-        (``audio.chunk_bounds``), the chunks decoded together, ``batch_size`` at a time (default 16), as independent
+        (``audio.chunk_bounds``), the chunks decoded together, ``batch_size`` at a time (``CHUNKED_BATCH_SIZE``), as independent
         files, and their results joined with times shifted to the file's (``decoding.merge_chunks``).
 
         On a GPU this is many times faster than ``transcribe`` on long audio (one decoder batch instead of one
@@ -355,7 +356,7 @@ class Whisper:
         if language is None and self.tokenizer.languages:
             first = self.log_mel(audio[bounds[0][0]:bounds[0][1]])[:, :N_FRAMES]
             language = detect_language(self, self.tokenizer, self.encode(first[None].astype(np.float32)))
-        results = list(self.transcribe_many([audio[a:b] for a, b in bounds], batch_size=batch_size or 16,
+        results = list(self.transcribe_many([audio[a:b] for a, b in bounds], batch_size=batch_size or CHUNKED_BATCH_SIZE,
                                             language=language, task=task, **kwargs))
         return merge_chunks(results, [a / SAMPLE_RATE for a, _ in bounds], language)
 
