@@ -41,13 +41,23 @@ sys.path.insert(0, str(ROOT))
 JFK = ROOT / "examples" / "jfk.flac"
 
 
-def _session():
-    from max.driver import Accelerator
+def _session(allow_cpu: bool = False):
+    """(device, DeviceRef, InferenceSession) on the GPU; with ``allow_cpu`` the CPU's when MAX sees no accelerator
+    (a CPU run checks a probe itself)."""
+    from max.driver import CPU, Accelerator, accelerator_count
     from max.engine import InferenceSession
     from max.graph import DeviceRef
 
+    if allow_cpu and accelerator_count() == 0:
+        return CPU(), DeviceRef.CPU(), InferenceSession(devices=[CPU()])
     gpu = Accelerator()
     return gpu, DeviceRef.GPU(), InferenceSession(devices=[gpu])
+
+
+def _load(artifact: str):
+    from compiler.runtime.model import Whisper
+
+    return Whisper(artifact)
 
 
 def mel(dirs: list[str]) -> None:
@@ -152,10 +162,9 @@ def memory(artifact: str, batches: list[str]) -> None:
 
     from compiler import bench
     from compiler.runtime.audio import load_audio
-    from compiler.runtime.model import Whisper
 
     t0 = time.perf_counter()
-    m = Whisper(artifact)
+    m = _load(artifact)
     rows["load_s"] = round(time.perf_counter() - t0, 3)
     mark("load")
     a = load_audio(JFK)
@@ -236,14 +245,9 @@ def decoder_taps(model: str, precision: str) -> None:
     from compiler.runtime.model import _empty, to_numpy
     from compiler.weights import graph_weights, save_weights
 
-    from max.driver import CPU, accelerator_count
-    from max.engine import InferenceSession
-    from max.graph import DeviceRef
-
-    on_gpu = accelerator_count() > 0  # a CPU run checks the probe itself (with the CPU plan)
-    gpu, dev, session = _session() if on_gpu else (CPU(), DeviceRef.CPU(), InferenceSession(devices=[CPU()]))
+    gpu, dev, session = _session(allow_cpu=True)  # on the CPU with the CPU plan
     ck = load_checkpoint(model)
-    d, plan, ops_dir = ck.dims, plan_for(precision, "gpu" if on_gpu else "cpu"), resource_dir("ops")
+    d, plan, ops_dir = ck.dims, plan_for(precision, "cpu" if gpu.is_host else "gpu"), resource_dir("ops")
     b = WhisperGraphs(d, plan, dev, "mojo")
     module = Module()
     b.build_encoder(module, ops_dir)
@@ -354,12 +358,7 @@ def encoder_parts(piece: str, batch: int, size: str = "small") -> None:
     from compiler.graph import WhisperGraphs
     from compiler.precision import plan_for
 
-    from max.driver import CPU, accelerator_count
-    from max.engine import InferenceSession
-    from max.graph import DeviceRef
-
-    on_gpu = accelerator_count() > 0  # a CPU run checks the probe itself
-    gpu, dev, sess = _session() if on_gpu else (CPU(), DeviceRef.CPU(), InferenceSession(devices=[CPU()]))
+    gpu, dev, sess = _session(allow_cpu=True)
     n, heads = {"small": (768, 12), "large-v3": (1280, 20)}[size]
     dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=n, n_audio_head=heads, n_audio_layer=1,
                            n_vocab=51865, n_text_ctx=448, n_text_state=n, n_text_head=heads, n_text_layer=1)
@@ -418,11 +417,6 @@ def encoder_parts(piece: str, batch: int, size: str = "small") -> None:
     print(json.dumps({"piece": piece, "size": size, "batch": batch, "ms": round(ms, 3),
                       "compile_s": round(compile_s, 1)}), flush=True)
 
-
-def _load(artifact: str):
-    from compiler.runtime.model import Whisper
-
-    return Whisper(artifact)
 
 
 def main() -> None:
