@@ -214,7 +214,7 @@ def test_chunk_bounds_cut_in_the_quiet():
     assert chunk_bounds(audio[:30 * SAMPLE_RATE]) == [(0, 30 * SAMPLE_RATE)] and chunk_bounds(audio[:0]) == []
 
 
-def test_chunked_long_form_on_a_real_file(tiny_en_model, tiny_en_artifact, data, monkeypatch, tmp_path):
+def test_chunked_long_form_on_a_real_file(tiny_en_model, tiny_en_artifact, data, monkeypatch):
     """Batched long-form (--chunked): a ~100 s file's chunks decoded as one batch, segments on the file's clock,
     the text within a few words of openai's sequential loop; the CLI and the loader give the API's text."""
     import difflib
