@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -62,6 +62,41 @@ def model_name(ck: Checkpoint) -> str:
              (1280, 32, 32): "large-v3" if d.n_mels == 128 else "large-v2", (1280, 32, 4): "large-v3-turbo"}
     size = sizes.get((d.n_audio_state, d.n_audio_layer, d.n_text_layer), f"custom-{d.n_audio_state}")
     return f"whisper-{size}{'' if ck.multilingual else '.en'}"
+
+
+def parse_target(spec: str, device: str) -> str:
+    """``--target cuda:sm_90a`` → the GPU architecture to cross-compile for (NVIDIA only: mwc's GPU kernels are
+    measured on CUDA devices)."""
+    if device != "gpu":
+        raise MwcError(f"--target {spec}: cross-compiling is for GPU artifacts; add --device gpu")
+    api, sep, arch = spec.partition(":")
+    if api != "cuda" or not sep or not arch.startswith("sm_") or not arch[3:5].isdigit():
+        raise MwcError(f"--target {spec}: expected cuda:ARCH, e.g. cuda:sm_90a (H100, H200), cuda:sm_80 (A100), "
+                       "cuda:sm_89 (L4, L40S), cuda:sm_86 (A10, RTX 30xx)")
+    return arch
+
+
+def cross_cpu() -> str:
+    """The host CPU a cross-compiled artifact's host code targets: AVX2-era x86-64 (x86-64-v3), which the hosts of
+    datacenter GPUs run, else MAX's portable baseline of this machine's architecture family."""
+    return "x86-64-v3" if platform.machine() in ("x86_64", "AMD64") else "generic"
+
+
+@contextmanager
+def virtual_gpu(arch: str):
+    """MAX's compile-only mode: an accelerator of architecture ``arch`` that exists for the compiler only (the
+    mode MAX's own ProcessCompilePool compiles in), with host code for a portable CPU instead of this one."""
+    from max import driver
+
+    driver.set_virtual_cpu_target(cross_cpu())
+    driver.set_virtual_device_api("cuda")
+    driver.set_virtual_device_target_arch(arch)
+    driver.set_virtual_device_count(1)
+    try:
+        yield
+    finally:
+        driver.set_virtual_device_count(0)
+        driver.set_virtual_cpu_target("")
 
 
 def cpu_target() -> dict:
@@ -122,31 +157,29 @@ def precompile_ops(ops_dir: Path, dest: Path) -> None:
         raise MwcError(f"{ops_dir}: mojo precompile failed: {detail.strip().splitlines()[-1:]}") from e
 
 
-def graph_io(models: dict) -> dict:
-    return {name: {"inputs": [{"name": t.name, "shape": [s if isinstance(s, int) else None for s in t.shape],
-                               "dtype": str(t.dtype)} for t in m.input_metadata],
-                   "outputs": [{"name": t.name, "shape": [s if isinstance(s, int) else None for s in t.shape],
-                                "dtype": str(t.dtype)} for t in m.output_metadata]}
-            for name, m in models.items()}
-
-
 def write_artifact(ck: Checkpoint, plan: PrecisionPlan, out: Path, *, device: str, attention: str, force: bool,
                    parity: bool = True, log: Callable[[str], None] = print, calibrate: bool = True,
-                   calibration_audio: list | None = None) -> dict:
+                   calibration_audio: list | None = None, target: str | None = None) -> dict:
     """checkpoint → (calibrated precision plan) → weights → graphs → compiled .mef → artifact folder, written
     atomically. ``calibrate``: fp16/bf16 plans are checked by emulation on ``calibration_audio`` (default: the
-    parity's JFK speech and chirp signal) and sensitive op classes raised to float32 where needed (compiler.calibrate)."""
+    parity's JFK speech and chirp signal) and sensitive op classes raised to float32 where needed (compiler.calibrate).
+    ``target`` (``cuda:sm_90a``): cross-compile a GPU artifact for that architecture on a machine that lacks it; the
+    graphs cannot run here, so the reload and the parity check are left to ``mwc verify`` on such a GPU."""
     from max.driver import CPU, Accelerator, accelerator_count
     from max.engine import InferenceSession
     from max.graph import DeviceRef
-    from .graph import build_module
+    from .graph import build_graphs, signature
     from .loader import render_loader
     from .weights import graph_weights, save_weights
 
     if device not in ("cpu", "gpu"):
         raise MwcError(f"--device {device}: choose cpu or gpu")
-    if device == "gpu" and accelerator_count() == 0:
-        raise MwcError("--device gpu: MAX sees no accelerator on this machine (a GPU artifact compiles where it runs)")
+    arch = None
+    if target is not None:
+        arch = parse_target(target, device)
+    elif device == "gpu" and accelerator_count() == 0:
+        raise MwcError("--device gpu: MAX sees no accelerator on this machine; compile on the GPU machine, or "
+                       "cross-compile here with --target cuda:ARCH (cuda:sm_90a for H100/H200, cuda:sm_80 for A100)")
     ops_dir = resource_dir("ops")
     name = model_name(ck)
     timings: dict[str, float] = {}
@@ -174,18 +207,22 @@ def write_artifact(ck: Checkpoint, plan: PrecisionPlan, out: Path, *, device: st
         t = stage("graph: build mel, encoder and decoder")
         graph_device = DeviceRef.GPU() if device == "gpu" else DeviceRef.CPU()
         heads, heads_source = ck.alignment_heads()
-        module = build_module(ck.dims, plan, graph_device, ops_dir, attention=attention, alignment_heads=heads)
+        module, graphs = build_graphs(ck.dims, plan, graph_device, ops_dir, attention=attention,
+                                      alignment_heads=heads)
         timings["build_s"] = time.perf_counter() - t
 
         t = stage("compile: MAX graph compiler (minutes when cold; cached in ~/.cache/modular)")
-        session = InferenceSession(devices=[Accelerator() if device == "gpu" else CPU()])
-        try:
-            # a Module does not carry its graphs' custom_extensions: the session must be given them
-            compiled = session.compile(module, custom_extensions=[ops_dir])
-        except Exception as e:  # the MAX compiler raises several types; all mean the same to the user
-            raise MwcError(f"{ck.source}: MAX failed to compile the graphs ({type(e).__name__}: "
-                           f"{str(e).strip().splitlines()[-1][:300] if str(e).strip() else ''})") from e
-        compiled.export_mef(str(tmp / "model.mef"))
+        with virtual_gpu(arch) if arch else nullcontext():
+            accelerator = Accelerator() if device == "gpu" else None
+            accelerator_name = accelerator.architecture_name if accelerator else None
+            session = InferenceSession(devices=[accelerator or CPU()])
+            try:
+                # a Module does not carry its graphs' custom_extensions: the session must be given them
+                compiled = session.compile(module, custom_extensions=[ops_dir])
+            except Exception as e:  # the MAX compiler raises several types; all mean the same to the user
+                raise MwcError(f"{ck.source}: MAX failed to compile the graphs ({type(e).__name__}: "
+                               f"{str(e).strip().splitlines()[-1][:300] if str(e).strip() else ''})") from e
+            compiled.export_mef(str(tmp / "model.mef"))
         timings["compile_s"] = time.perf_counter() - t
 
         t = stage("ops: precompile the Mojo kernels")
@@ -214,7 +251,10 @@ def write_artifact(ck: Checkpoint, plan: PrecisionPlan, out: Path, *, device: st
             "precision": plan.to_dict(),
             **({"calibration": calibration} if calibration else {}),
             "device": device,
-            "target": {**cpu_target(), **({"accelerator": Accelerator().architecture_name} if device == "gpu" else {})},
+            "target": {**cpu_target(), **({"accelerator": accelerator_name} if accelerator_name else {}),
+                       # cross-compiled: built without the GPU (MAX's compile-only mode), host code for ``cpu``
+                       **({"cross_compiled": True, "cpu": cross_cpu()}
+                          if arch else {})},
             "attention": attention,
             "serialization": {"format": "mef", "file": "model.mef",
                               "why": "CompiledModel.export_mef reloads in a new process without compiling; "
@@ -227,14 +267,18 @@ def write_artifact(ck: Checkpoint, plan: PrecisionPlan, out: Path, *, device: st
         }
         (tmp / "manifest.json").write_text(json.dumps({**manifest, "files": {}}, indent=2))
 
-        t = stage("reload: the artifact in this process, as a consumer would")
-        from .runtime.model import Whisper
+        manifest["graphs"] = {name: signature(g) for name, g in graphs.items()}
+        if arch:
+            log(f"  reload and parity: deferred — cross-compiled for {arch}; on such a GPU run "
+                f"`mwc verify {out} --audio CLIP` (it writes parity.json)")
+        else:
+            t = stage("reload: the artifact in this process, as a consumer would")
+            from .runtime.model import Whisper
 
-        runtime = Whisper(tmp)
-        manifest["graphs"] = graph_io(runtime.models)
-        timings["reload_s"] = time.perf_counter() - t
+            runtime = Whisper(tmp)
+            timings["reload_s"] = time.perf_counter() - t
 
-        if parity:
+        if parity and not arch:
             from .parity import stage_parity
 
             t = stage("parity: mel, encoder and decoder against the numpy float64 reference")

@@ -23,7 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from max.dtype import DType
-from max.graph import BufferType, DeviceRef, Graph, Module, TensorType, TensorValue, Weight, ops
+from max.graph import BufferType, DeviceRef, Graph, Module, StaticDim, TensorType, TensorValue, Weight, ops
 
 from .checkpoint import ModelDimensions, default_alignment_heads
 from .precision import PrecisionPlan, quant_axis, quantized_weight
@@ -393,17 +393,38 @@ class AuxGraphs(WhisperGraphs):
             g.output(logits, ops.stack([scores[(layer, hd)] for layer, hd in heads]))
 
 
-def build_module(dims: ModelDimensions, plan: PrecisionPlan, device: DeviceRef, ops_dir: Path,
-                 attention: str = "mojo", alignment_heads: list[tuple[int, int]] | None = None) -> Module:
-    """The artifact's graphs. ``alignment_heads`` (layer, head) pairs: the checkpoint's, else openai's default."""
+def build_graphs(dims: ModelDimensions, plan: PrecisionPlan, device: DeviceRef, ops_dir: Path,
+                 attention: str = "mojo", alignment_heads: list[tuple[int, int]] | None = None
+                 ) -> tuple[Module, dict[str, Graph]]:
+    """The artifact's graphs in one Module, and each Graph by name (their signatures go into the manifest).
+    ``alignment_heads`` (layer, head) pairs: the checkpoint's, else openai's default."""
     module = Module()
     b = WhisperGraphs(dims, plan, device, attention)
-    b.build_mel(module, ops_dir)
-    b.build_encoder(module, ops_dir)
-    b.build_decoder(module, ops_dir)
-    b.build_step(module, ops_dir)
     aux = AuxGraphs(dims, plan, device, attention)
-    aux.build_kv_gather(module)
     heads = [tuple(h) for h in alignment_heads] if alignment_heads else default_alignment_heads(dims)
-    aux.build_alignment(module, ops_dir, heads)
-    return module
+    graphs: dict[str, Graph] = {}
+    for name, builder, build in (("mel", b, lambda: b.build_mel(module, ops_dir)),
+                                 ("encoder", b, lambda: b.build_encoder(module, ops_dir)),
+                                 ("decoder", b, lambda: b.build_decoder(module, ops_dir)),
+                                 ("step", b, lambda: b.build_step(module, ops_dir)),
+                                 ("kv_gather", aux, lambda: aux.build_kv_gather(module)),
+                                 ("alignment", aux, lambda: aux.build_alignment(module, ops_dir, heads))):
+        build()
+        graphs[name] = builder.graph
+    return module, graphs
+
+
+def build_module(dims: ModelDimensions, plan: PrecisionPlan, device: DeviceRef, ops_dir: Path,
+                 attention: str = "mojo", alignment_heads: list[tuple[int, int]] | None = None) -> Module:
+    """The artifact's graphs (``build_graphs`` without the Graph objects)."""
+    return build_graphs(dims, plan, device, ops_dir, attention, alignment_heads)[0]
+
+
+def signature(g: Graph) -> dict:
+    """A graph's inputs and outputs as the manifest records them (the names the compiled model gives them, a
+    symbolic dimension as None)."""
+    def io(types, prefix):
+        return [{"name": f"{prefix}{i}", "shape": [int(d) if isinstance(d, StaticDim) else None for d in t.shape],
+                 "dtype": str(t.dtype)} for i, t in enumerate(types)]
+
+    return {"inputs": io([v.type for v in g.inputs], "input"), "outputs": io(g.output_types, "output")}

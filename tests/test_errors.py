@@ -111,7 +111,7 @@ def test_failure_mid_compile_leaves_nothing(hf_small, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise MwcError("simulated compiler failure")
 
-    monkeypatch.setattr(compiler.graph, "build_module", boom)
+    monkeypatch.setattr(compiler.graph, "build_graphs", boom)
     out = tmp_path / "art"
     with pytest.raises(MwcError, match="simulated"):
         write_artifact(load_checkpoint(str(hf_small)), plan_for("fp32", "cpu"), out, device="cpu",
