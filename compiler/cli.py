@@ -37,6 +37,9 @@ def main() -> None:
               help="int8 weight-only: projection weights int8 with per-output-channel scales, dequantized to fp32 "
                    "before each matmul")
 @click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
+@click.option("--target", default=None, metavar="cuda:ARCH",
+              help="cross-compile the GPU artifact for this architecture on a machine without it (cuda:sm_90a: "
+                   "H100/H200, cuda:sm_80: A100); parity is then checked by `mwc verify` on such a GPU")
 @click.option("--attention", type=click.Choice(["mojo", "max", "flash"]), default="mojo", show_default=True,
               help="the encoder's self-attention: the Mojo op in ops/, MAX's matmul + softmax, or (GPU) MAX's "
                    "flash attention kernel; the decoder's attention is always the Mojo op")
@@ -48,11 +51,11 @@ def main() -> None:
               help="fp16/bf16: measure the plan by emulation on calibration audio and keep sensitive ops in fp32")
 @click.option("--calibration-audio", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="audio for --calibrate (repeatable; default: the bundled JFK clip and a chirp signal)")
-def compile_cmd(model: str, precision: str, device: str, attention: str, output: Path | None, force: bool,
-                no_parity: bool, calibrate: bool, calibration_audio: tuple[Path, ...]) -> None:
+def compile_cmd(model: str, precision: str, device: str, target: str | None, attention: str, output: Path | None,
+                force: bool, no_parity: bool, calibrate: bool, calibration_audio: tuple[Path, ...]) -> None:
     """Compile MODEL: a hub id (whisper-small, openai/whisper-large-v3), or a local Hugging Face safetensors,
     faster-whisper/CTranslate2 or optimum ONNX folder, or an openai-whisper .pt file."""
-    from .artifact import model_name, write_artifact
+    from .artifact import model_name, parse_target, write_artifact
     from .precision import plan_for
     from .readers import load_checkpoint
 
@@ -60,6 +63,8 @@ def compile_cmd(model: str, precision: str, device: str, attention: str, output:
     if attention == "flash" and device != "gpu":
         raise MwcError("--attention flash is MAX's GPU flash attention kernel (it has no CPU version); "
                        "use it with --device gpu, or --attention mojo on the CPU")
+    if target is not None:
+        parse_target(target, device)  # before reading the checkpoint: a wrong flag fails at once
     plan = plan_for(precision, device)
     click.echo(f"[1/2] checkpoint: reading {model}")
     ck = load_checkpoint(model)
@@ -79,12 +84,13 @@ def compile_cmd(model: str, precision: str, device: str, attention: str, output:
         except AudioError as e:
             raise MwcError(str(e)) from e
     manifest = write_artifact(ck, plan, out, device=device, attention=attention, force=force,
-                              parity=not no_parity, log=click.echo, calibrate=calibrate, calibration_audio=audio)
+                              parity=not no_parity, log=click.echo, calibrate=calibrate, calibration_audio=audio,
+                              target=target)
     size = sum(f["bytes"] for f in manifest["files"].values())
     tm = manifest["timings"]
     click.echo(f"done in {time.perf_counter() - t0:.1f} s (compile {tm['compile_s']:.1f} s): {out} "
                f"({size / 1e6:.1f} MB)")
-    if not no_parity:
+    if not no_parity and target is None:
         report = json.loads((out / "parity.json").read_text())
         for stage, s in report["stages"].items():
             click.echo(f"      parity {stage:15s} max_abs {s['max_abs']:.2e}  max_rel {s['max_rel']:.2e}  "

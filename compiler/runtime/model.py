@@ -106,6 +106,9 @@ class Whisper:
             if accelerator_count() == 0:
                 raise ArtifactError(f"{self.folder}: compiled for gpu, but MAX sees no accelerator here")
             self.device = Accelerator()
+            built, here = m["target"].get("accelerator"), self.device.architecture_name
+            if built and built != here:  # may still load (MAX decides); said up front, and again if it fails
+                warnings.warn(f"{self.folder}: compiled for a {built} GPU, this one is {here}")
         elif m["device"] == "cpu":
             self.device = None
         else:
@@ -121,8 +124,11 @@ class Whisper:
             compiled = engine.read(self.folder / "model.mef")
             self.models = self.session.init_all(compiled, weights_registry=registry)
         except Exception as e:  # MAX raises ValueError/RuntimeError for foreign or corrupt MEFs
+            gpu = m["target"].get("accelerator")
+            tied = f"a {gpu} GPU, " if gpu else ""
             raise ArtifactError(f"{self.folder / 'model.mef'}: cannot be loaded here ({e}); the .mef is tied to "
-                                f"max=={want} and the compiling CPU ({m['target']['arch']}) — recompile") from e
+                                f"max=={want}, {tied}the compiling CPU ({m['target']['arch']}) — recompile"
+                                f"{f' here or with --target cuda:{self.device.architecture_name}' if gpu else ''}") from e
         self.tokenizer = Tokenizer.from_file(self.folder / "vocab.json", m["tokens"])
         self.suppress = suppress_ids(self.tokenizer, m["generation"]["suppress_tokens"])
         self.load_seconds = time.perf_counter() - t0
