@@ -78,23 +78,28 @@ def to_bfloat16_bits(a: np.ndarray) -> np.ndarray:
 
 
 def save_weights(weights: dict[str, np.ndarray], path: Path, plan: PrecisionPlan) -> None:
-    """safetensors in the plan's dtype. numpy has no bfloat16: those tensors are saved as their uint16 bit patterns,
-    then the header is rewritten with BF16 dtype tags (data offsets are relative to the data block, so they hold)."""
+    """safetensors in the plan's dtype, the same bytes for the same checkpoint and plan (the manifest's sha256 is
+    reproducible: safetensors writes its metadata map in a per-process random order, so the header is rewritten in
+    a fixed one). numpy has no bfloat16: those tensors are saved as their uint16 bit patterns and the header says
+    BF16 (data offsets are relative to the data block, so they hold)."""
     from safetensors.numpy import save_file
 
-    meta = {"format": "mwc", "precision": plan.name}
-    if plan.weights != "bfloat16":
-        save_file(weights, str(path), metadata=meta)
-        return
-    save_file({k: v if k == "mel_filters" else to_bfloat16_bits(v) for k, v in weights.items()}, str(path),
-              metadata=meta)
+    bf16 = plan.weights == "bfloat16"
+    save_file({k: to_bfloat16_bits(v) if bf16 and k != "mel_filters" else v for k, v in weights.items()}, str(path),
+              metadata={"format": "mwc", "precision": plan.name})
     header, start = safetensors_header(path)
-    data = Path(path).read_bytes()[start:]
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
     for k, info in header.items():
-        if k not in ("__metadata__", "mel_filters"):
+        if bf16 and k not in ("__metadata__", "mel_filters"):
             info["dtype"] = "BF16"
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # the format pads the header to 8 bytes with spaces
+    if len(raw) == start - 8:  # same length: rewrite the header in place
+        with open(path, "r+b") as f:
+            f.seek(8)
+            f.write(raw)
+        return
+    data = Path(path).read_bytes()[start:]
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(raw)) + raw)
         f.write(data)

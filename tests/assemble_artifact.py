@@ -6,7 +6,11 @@ weights.safetensors, and gets it back there from the same checkpoint by the same
 under the manifest's precision plan), checked against the manifest's sha256 — the artifact is then byte for byte
 the one compiled here.
 
-  python tests/assemble_artifact.py ARTIFACT CHECKPOINT
+  python tests/assemble_artifact.py ARTIFACT CHECKPOINT [--rebind]
+
+``--rebind``: CHECKPOINT may be another checkpoint of the same dims (W30's random weights, made again on the GPU
+machine by another torch/transformers): the graphs do not depend on the values, so its weights are bound to the
+compiled graphs and the manifest's source and checksums are rewritten to say so.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from compiler.readers import load_checkpoint  # noqa: E402
 from compiler.weights import graph_weights, save_weights  # noqa: E402
 
 
-def main(artifact: Path, checkpoint: str) -> None:
+def main(artifact: Path, checkpoint: str, rebind: bool = False) -> None:
     m = json.loads((artifact / "manifest.json").read_text())
     want = m["files"]["weights.safetensors"]["sha256"]
     out = artifact / "weights.safetensors"
@@ -31,10 +35,18 @@ def main(artifact: Path, checkpoint: str) -> None:
         print(f"{out}: already there")
         return
     ck = load_checkpoint(checkpoint)
-    if ck.source_sha256() != m["source"]["sha256"]:
-        raise SystemExit(f"{checkpoint}: not the checkpoint {artifact} was compiled from (source sha256 differs)")
+    same = ck.source_sha256() == m["source"]["sha256"]
+    if not same and not (rebind and ck.dims.to_dict() == m["dims"]):
+        raise SystemExit(f"{checkpoint}: not the checkpoint {artifact} was compiled from (source sha256 differs"
+                         f"{'' if rebind else '; --rebind binds another checkpoint of the same dims'})")
     plan = PrecisionPlan(**m["precision"])
     save_weights(graph_weights(ck, plan), out, plan)
+    if not same:
+        m["source"] = {**m["source"], "checkpoint": ck.source, "sha256": ck.source_sha256(), "rebound": True}
+        m["files"]["weights.safetensors"] = {"sha256": sha256(out), "bytes": out.stat().st_size}
+        (artifact / "manifest.json").write_text(json.dumps(m, indent=2))
+        print(f"{out}: rebound to {checkpoint} (same dims; manifest source and checksum rewritten)")
+        return
     if sha256(out) != want:
         out.unlink()
         raise SystemExit(f"{out}: rebuilt weights differ from the manifest's sha256; recompile on this machine")
@@ -42,6 +54,7 @@ def main(artifact: Path, checkpoint: str) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
+    args = [a for a in sys.argv[1:] if a != "--rebind"]
+    if len(args) != 2:
         raise SystemExit(__doc__)
-    main(Path(sys.argv[1]), sys.argv[2])
+    main(Path(args[0]), args[1], rebind="--rebind" in sys.argv)
