@@ -133,3 +133,25 @@ def test_alignment_heads_outside_the_model_are_dropped(tmp_path):
         assert heads == want and why.startswith(source)
     build_module(d, plan_for("fp32", "cpu"), DeviceRef.CPU(), Path(__file__).resolve().parents[1] / "ops",
                  alignment_heads=[(1, 1)])
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_weights_file_is_byte_reproducible(tmp_path, precision):
+    """The same checkpoint and plan give the same weights.safetensors in every process (safetensors alone writes
+    its metadata in a per-process random order), so an artifact's checksums are reproducible and a cross-compiled
+    artifact's weights can be rebuilt on the GPU machine (tests/assemble_artifact.py)."""
+    import hashlib
+    import subprocess
+    import sys
+
+    dims = ModelDimensions(80, 1500, 64, 2, 1, 51864, 448, 64, 2, 1)
+    ck = write_hf_folder(tmp_path / "ck", dims, random_weights(dims))
+    code = ("import sys; from compiler.readers import load_checkpoint; from compiler.precision import plan_for; "
+            "from compiler.weights import graph_weights, save_weights; p = plan_for(sys.argv[1], 'cpu'); "
+            "save_weights(graph_weights(load_checkpoint(sys.argv[2]), p), sys.argv[3], p)")
+    digests = set()
+    for i in range(4):  # the metadata's order is random per process: 4 processes agree by chance 1 time in 8
+        out = tmp_path / f"w{i}.safetensors"
+        subprocess.run([sys.executable, "-c", code, precision, str(ck), str(out)], check=True)
+        digests.add(hashlib.sha256(out.read_bytes()).hexdigest())
+    assert len(digests) == 1
