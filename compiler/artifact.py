@@ -270,7 +270,7 @@ def write_artifact(ck: Checkpoint, plan: PrecisionPlan, out: Path, *, device: st
         manifest["graphs"] = {name: signature(g) for name, g in graphs.items()}
         if arch:
             log(f"  reload and parity: deferred — cross-compiled for {arch}; on such a GPU run "
-                f"`mwc verify {out} --audio CLIP` (it writes parity.json)")
+                f"`mwc verify {out} --audio CLIP [--checkpoint CKPT]` (it writes parity.json)")
         else:
             t = stage("reload: the artifact in this process, as a consumer would")
             from .runtime.model import Whisper
