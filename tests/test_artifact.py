@@ -50,6 +50,20 @@ def test_tampered_artifact_fails_check(tiny_en_artifact, tmp_path):
     assert r.returncode == 1 and "vocab.json" in r.stderr
 
 
+def test_damaged_mef_is_one_line_naming_it(tiny_en_artifact, tmp_path):
+    """A .mef MAX cannot read (here: truncated) → one error line naming model.mef and what it is tied to."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_en_artifact, copy)
+    mef = copy / "model.mef"
+    mef.write_bytes(mef.read_bytes()[: mef.stat().st_size // 2])
+    r = mwc("transcribe", str(copy), str(ROOT / "examples" / "jfk.flac"))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode != 0 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "model.mef" in lines[0] and "max==" in lines[0] and "recompile" in lines[0]
+
+
 @pytest.mark.parametrize("clip", ["short/jfk.flac", "edge/short_0.2s_16k.wav", "edge/silence_30s_16k.wav",
                                   "long/ljspeech_LJ001-0001_to_0016.flac"])
 def test_mel_op_matches_reference(tiny_en_model, data, clip):

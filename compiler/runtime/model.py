@@ -124,11 +124,12 @@ class Whisper:
             compiled = engine.read(self.folder / "model.mef")
             self.models = self.session.init_all(compiled, weights_registry=registry)
         except Exception as e:  # MAX raises ValueError/RuntimeError for foreign or corrupt MEFs
-            gpu = m["target"].get("accelerator")
-            tied = f"a {gpu} GPU, " if gpu else ""
+            cpu, gpu = m["target"]["arch"], m["target"].get("accelerator")
+            tied = (f"max=={want}, a {gpu} GPU and the compiling CPU ({cpu}) — recompile here or with --target "
+                    f"cuda:{self.device.architecture_name}") if gpu else (
+                f"max=={want} and the compiling CPU ({cpu}) — recompile")
             raise ArtifactError(f"{self.folder / 'model.mef'}: cannot be loaded here ({e}); the .mef is tied to "
-                                f"max=={want}, {tied}the compiling CPU ({m['target']['arch']}) — recompile"
-                                f"{f' here or with --target cuda:{self.device.architecture_name}' if gpu else ''}") from e
+                                f"{tied}") from e
         self.tokenizer = Tokenizer.from_file(self.folder / "vocab.json", m["tokens"])
         self.suppress = suppress_ids(self.tokenizer, m["generation"]["suppress_tokens"])
         self.load_seconds = time.perf_counter() - t0
