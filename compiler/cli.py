@@ -120,9 +120,21 @@ def inspect(artifact: Path, as_json: bool, check: bool) -> None:
         click.echo(f"  dims       mels {d['n_mels']}, audio {d['n_audio_layer']}×{d['n_audio_state']} "
                    f"({d['n_audio_head']} heads), text {d['n_text_layer']}×{d['n_text_state']} "
                    f"({d['n_text_head']} heads), vocab {d['n_vocab']}")
-        click.echo(f"  precision  {m['precision']['name']}  device {m['device']}  attention {m['attention']}")
+        tg = m["target"]
+        gpu = f" ({tg['accelerator']})" if tg.get("accelerator") else ""
+        click.echo(f"  precision  {m['precision']['name']}  device {m['device']}{gpu}  attention {m['attention']}")
+        host = (f"host code for {tg['cpu']}, cross-compiled" if tg.get("cross_compiled")
+                else f"{tg['arch']} {' '.join(tg['cpu_flags'])}")
         click.echo(f"  built      mwc {m['versions']['mwc']}, max {m['versions']['max']}, "
-                   f"mojo {m['versions']['mojo']}, {m['target']['arch']} {' '.join(m['target']['cpu_flags'])}")
+                   f"mojo {m['versions']['mojo']}, {host}")
+        parity = artifact / "parity.json"  # written by mwc compile's gate or by mwc verify
+        if parity.is_file():
+            state = "passed" if json.loads(parity.read_text()).get("passed") else "FAILED (see parity.json)"
+        elif tg.get("cross_compiled"):
+            state = "not checked yet (cross-compiled: run mwc verify on the GPU)"
+        else:
+            state = "not checked (compiled with --no-parity)"
+        click.echo(f"  parity     {state}")
         click.echo(f"  graphs     {', '.join(m.get('graphs', {}))}  ({m['serialization']['format']})")
         for rel, f in m["files"].items():
             if "/" not in rel:

@@ -36,7 +36,10 @@ def test_cross_compile_for_an_h100(tmp_path):
                                  SMALL.n_text_state // SMALL.n_text_head]
     assert not (out / "parity.json").exists()  # nothing ran here: `mwc verify` on the GPU writes it
     assert (out / "model.mef").stat().st_size > 1_000_000
-    assert mwc("inspect", str(out), "--check").returncode == 0
+    r = mwc("inspect", str(out), "--check")
+    assert r.returncode == 0 and "gpu (sm_90a)" in r.stdout, r.stdout
+    assert f"{m['target']['cpu']}, cross-compiled" in r.stdout, r.stdout
+    assert "not checked yet" in r.stdout and "all" in r.stdout.splitlines()[-1]
     if _accelerators() == 0:
         r = mwc("transcribe", str(out), str(tmp_path / "none.wav"))
         assert r.returncode != 0 and "no accelerator" in r.stderr
