@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -240,8 +241,6 @@ class Whisper:
                 inputs = [self._in(a) if isinstance(a, np.ndarray) else a.copy() for a in args[:6]] + list(args[6:])
                 outs = model.capture(batch, *inputs)
             except Exception as e:  # noqa: BLE001 - capture is an optimization; eager execution stays correct
-                import warnings
-
                 warnings.warn(f"device-graph capture failed, decoding eagerly: {e}")
                 self._capture = False
                 return None
@@ -347,8 +346,8 @@ class Whisper:
     def transcribe_chunked(self, audio, batch_size: int | None = None, language: str | None = None,
                            task: str = "transcribe", **kwargs) -> dict:
         """Batched long-form: ``audio`` (a path or a 16 kHz array) cut at quiet points into chunks of at most 30 s
-        (``audio.chunk_bounds``), the chunks decoded together, ``batch_size`` at a time (``CHUNKED_BATCH_SIZE``), as independent
-        files, and their results joined with times shifted to the file's (``decoding.merge_chunks``).
+        (``audio.chunk_bounds``), the chunks decoded together, ``batch_size`` at a time (``CHUNKED_BATCH_SIZE``), as
+        independent files, and their results joined with times shifted to the file's (``decoding.merge_chunks``).
 
         On a GPU this is many times faster than ``transcribe`` on long audio (one decoder batch instead of one
         window after another). Unlike openai's loop, no text is carried from one chunk into the next, so the text
@@ -363,8 +362,9 @@ class Whisper:
         if language is None and self.tokenizer.languages:
             first = self.log_mel(audio[bounds[0][0]:bounds[0][1]])[:, :N_FRAMES]
             language = detect_language(self, self.tokenizer, self.encode(first[None].astype(np.float32)))
-        results = list(self.transcribe_many([audio[a:b] for a, b in bounds], batch_size=batch_size or CHUNKED_BATCH_SIZE,
-                                            language=language, task=task, **kwargs))
+        results = list(self.transcribe_many([audio[a:b] for a, b in bounds],
+                                            batch_size=batch_size or CHUNKED_BATCH_SIZE, language=language, task=task,
+                                            **kwargs))
         return merge_chunks(results, [a / SAMPLE_RATE for a, _ in bounds], language)
 
     def _chunked_many(self, audios, batch_size, progress, language=None, task="transcribe", **options):
