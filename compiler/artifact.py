@@ -253,8 +253,7 @@ def write_artifact(ck: Checkpoint, plan: PrecisionPlan, out: Path, *, device: st
             "device": device,
             "target": {**cpu_target(), **({"accelerator": accelerator_name} if accelerator_name else {}),
                        # cross-compiled: built without the GPU (MAX's compile-only mode), host code for ``cpu``
-                       **({"cross_compiled": True, "cpu": cross_cpu()}
-                          if arch else {})},
+                       **({"cross_compiled": True, "cpu": cross_cpu()} if arch else {})},
             "attention": attention,
             "serialization": {"format": "mef", "file": "model.mef",
                               "why": "CompiledModel.export_mef reloads in a new process without compiling; "

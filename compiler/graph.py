@@ -201,7 +201,7 @@ class WhisperGraphs:
         return token, logprob, nospeech
 
     # --- the three graphs ----------------------------------------------------------------------------------------
-    def build_mel(self, module: Module, ops_dir: Path) -> None:
+    def build_mel(self, module: Module, ops_dir: Path) -> Graph:
         d = self.dims
         audio_t = TensorType(DType.float32, ["samples"], self.device)
         with Graph("mel", input_types=[audio_t], module=module, custom_extensions=[ops_dir]) as g:
@@ -210,8 +210,9 @@ class WhisperGraphs:
             filters = self.w("mel_filters", (d.n_mels, 201), _dtype(self.plan.mel))  # stored in the mel's dtype
             out_t = TensorType(DType.float32, [d.n_mels, audio.shape[0] // 160], self.device)
             g.output(ops.custom("mwc_log_mel", self.device, [audio, filters], [out_t])[0].tensor)
+        return g
 
-    def build_encoder(self, module: Module, ops_dir: Path) -> None:
+    def build_encoder(self, module: Module, ops_dir: Path) -> Graph:
         d, n = self.dims, self.dims.n_audio_state
         mel_t = TensorType(DType.float32, ["batch", d.n_mels, "frames"], self.device)
         with Graph("encoder", input_types=[mel_t], module=module, custom_extensions=self.extensions(ops_dir)) as g:
@@ -237,6 +238,7 @@ class WhisperGraphs:
                 vs.append(self.heads(v, d.n_text_head))
             kv = _dtype(self.plan.kv_cache)
             g.output(self.cast(xa, DType.float32), self.cast(ops.stack(ks), kv), self.cast(ops.stack(vs), kv))
+        return g
 
     def decoder_body(self, tokens: TensorValue, positions: TensorValue, cross_k: TensorValue, cross_v: TensorValue,
                      self_attn) -> TensorValue:
@@ -265,7 +267,7 @@ class WhisperGraphs:
         lg = _dtype(self.plan.logits)
         return self.cast(self.cast(x, lg) @ self.cast(emb, lg).T, DType.float32)  # tied to the embedding
 
-    def build_decoder(self, module: Module, ops_dir: Path) -> None:
+    def build_decoder(self, module: Module, ops_dir: Path) -> Graph:
         d, n = self.dims, self.dims.n_text_state
         dh = n // d.n_text_head
         kv = _dtype(self.plan.kv_cache)
@@ -292,8 +294,9 @@ class WhisperGraphs:
 
             logits = self.decoder_body(tokens, positions, cross_k, cross_v, self_attn)
             g.output(logits, ops.stack(new_k), ops.stack(new_v), *self.pick(logits, bias, rules), *(self.taps or []))
+        return g
 
-    def build_step(self, module: Module, ops_dir: Path) -> None:
+    def build_step(self, module: Module, ops_dir: Path) -> Graph:
         """``step``: the greedy decoder over a fixed-size KV cache updated in place (design B of the KV-cache notes,
         with the Mojo op ``mwc_cached_attention`` instead of MAX's masked softmax, which miscompiles).
 
@@ -328,12 +331,13 @@ class WhisperGraphs:
 
             logits = self.decoder_body(tokens, positions, cross_k, cross_v, self_attn)
             g.output(*self.pick(logits, bias, rules))
+        return g
 
 
 class AuxGraphs(WhisperGraphs):
     """The graphs beyond mel/encoder/decoder: ``kv_gather`` (beam search) and ``alignment`` (word timestamps)."""
 
-    def build_kv_gather(self, module: Module) -> None:
+    def build_kv_gather(self, module: Module) -> Graph:
         """``kv_gather``: K and V (layers, batch, heads, len, 64) + row ids (n,) → both with rows ``ids`` (layers, n,
         heads, len, 64). Beam search repeats the cross K/V and the prompt's cache to the beams with it and reorders
         the self-attention cache by the beams kept each step, on the graphs' device (no host copies on a GPU)."""
@@ -345,8 +349,9 @@ class AuxGraphs(WhisperGraphs):
             self.graph = g
             k, v, ids = (x.tensor for x in g.inputs)
             g.output(ops.gather(k, ids, axis=1), ops.gather(v, ids, axis=1))
+        return g
 
-    def build_alignment(self, module: Module, ops_dir: Path, heads: list[tuple[int, int]]) -> None:
+    def build_alignment(self, module: Module, ops_dir: Path, heads: list[tuple[int, int]]) -> Graph:
         """``alignment``: tokens (1, t) + cross K/V → logits (1, t, vocab) and the alignment heads' cross-attention
         scores q·k/sqrt(64) before the softmax (len(heads), t, n_audio), as openai's timing.find_alignment reads them
         from its hooks (it truncates to the audio's frames, then takes the softmax itself).
@@ -391,6 +396,7 @@ class AuxGraphs(WhisperGraphs):
             lg = _dtype(self.plan.logits)
             logits = self.cast(self.cast(x, lg) @ self.cast(emb, lg).T, DType.float32)
             g.output(logits, ops.stack([scores[(layer, hd)] for layer, hd in heads]))
+        return g
 
 
 def build_graphs(dims: ModelDimensions, plan: PrecisionPlan, device: DeviceRef, ops_dir: Path,
@@ -402,15 +408,9 @@ def build_graphs(dims: ModelDimensions, plan: PrecisionPlan, device: DeviceRef, 
     b = WhisperGraphs(dims, plan, device, attention)
     aux = AuxGraphs(dims, plan, device, attention)
     heads = [tuple(h) for h in alignment_heads] if alignment_heads else default_alignment_heads(dims)
-    graphs: dict[str, Graph] = {}
-    for name, builder, build in (("mel", b, lambda: b.build_mel(module, ops_dir)),
-                                 ("encoder", b, lambda: b.build_encoder(module, ops_dir)),
-                                 ("decoder", b, lambda: b.build_decoder(module, ops_dir)),
-                                 ("step", b, lambda: b.build_step(module, ops_dir)),
-                                 ("kv_gather", aux, lambda: aux.build_kv_gather(module)),
-                                 ("alignment", aux, lambda: aux.build_alignment(module, ops_dir, heads))):
-        build()
-        graphs[name] = builder.graph
+    graphs = {"mel": b.build_mel(module, ops_dir), "encoder": b.build_encoder(module, ops_dir),
+              "decoder": b.build_decoder(module, ops_dir), "step": b.build_step(module, ops_dir),
+              "kv_gather": aux.build_kv_gather(module), "alignment": aux.build_alignment(module, ops_dir, heads)}
     return module, graphs
 
 
