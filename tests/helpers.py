@@ -20,6 +20,15 @@ SIZES = {
     "large-v3": ModelDimensions(128, 1500, 1280, 20, 32, 51866, 448, 1280, 20, 32),
     "large-v3-turbo": ModelDimensions(128, 1500, 1280, 20, 32, 51866, 448, 1280, 20, 4),
 }
+# a 64-wide 2+1-layer model with tiny.en's vocabulary: random weights of it are quick to write and to compile
+SMALL = ModelDimensions(80, 1500, 64, 2, 1, 51864, 448, 64, 2, 1)
+
+
+def accelerators() -> int:
+    """How many accelerators MAX sees (0 on the CI machine)."""
+    from max.driver import accelerator_count
+
+    return accelerator_count()
 
 
 def hf_name(name: str) -> str:

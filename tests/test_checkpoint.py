@@ -7,7 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
-from helpers import SIZES, random_weights, write_hf_folder
+from helpers import SIZES, SMALL, random_weights, write_hf_folder
 
 from compiler.checkpoint import ModelDimensions, expected_shapes, special_tokens
 from compiler.readers import load_checkpoint
@@ -41,7 +41,7 @@ def test_hf_folder_round_trip(tiny_en_checkpoint, tiny_en_dir, tmp_path):
 
 
 def test_sharded_index(tmp_path):
-    d = ModelDimensions(80, 1500, 64, 2, 1, 51864, 448, 64, 2, 1)
+    d = SMALL
     w = random_weights(d)
     folder = write_hf_folder(tmp_path / "one", d, w)
     from safetensors.numpy import load_file, save_file
@@ -144,8 +144,7 @@ def test_weights_file_is_byte_reproducible(tmp_path, precision):
     import subprocess
     import sys
 
-    dims = ModelDimensions(80, 1500, 64, 2, 1, 51864, 448, 64, 2, 1)
-    ck = write_hf_folder(tmp_path / "ck", dims, random_weights(dims))
+    ck = write_hf_folder(tmp_path / "ck", SMALL, random_weights(SMALL))
     code = ("import sys; from compiler.readers import load_checkpoint; from compiler.precision import plan_for; "
             "from compiler.weights import graph_weights, save_weights; p = plan_for(sys.argv[1], 'cpu'); "
             "save_weights(graph_weights(load_checkpoint(sys.argv[2]), p), sys.argv[3], p)")

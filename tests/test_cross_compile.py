@@ -8,14 +8,8 @@ import json
 
 import pytest
 from conftest import mwc
-from helpers import random_weights, write_hf_folder
-from test_errors import SMALL, assert_clean_failure
-
-
-def _accelerators() -> int:
-    from max.driver import accelerator_count
-
-    return accelerator_count()
+from helpers import SMALL, accelerators, random_weights, write_hf_folder
+from test_errors import assert_clean_failure
 
 
 def test_cross_compile_for_an_h100(tmp_path):
@@ -40,7 +34,7 @@ def test_cross_compile_for_an_h100(tmp_path):
     assert r.returncode == 0 and "gpu (sm_90a)" in r.stdout, r.stdout
     assert f"{m['target']['cpu']}, cross-compiled" in r.stdout, r.stdout
     assert "not checked yet" in r.stdout and "all" in r.stdout.splitlines()[-1]
-    if _accelerators() == 0:
+    if accelerators() == 0:
         r = mwc("transcribe", str(out), str(tmp_path / "none.wav"))
         assert r.returncode != 0 and "no accelerator" in r.stderr
 
@@ -59,7 +53,7 @@ def test_malformed_target(tmp_path, spec):
     assert_clean_failure(r, out, f"--target {spec}", "cuda:sm_90a")
 
 
-@pytest.mark.skipif(_accelerators() > 0, reason="an accelerator is visible: --device gpu compiles for it")
+@pytest.mark.skipif(accelerators() > 0, reason="an accelerator is visible: --device gpu compiles for it")
 def test_gpu_without_a_gpu_points_to_target(tmp_path):
     ck = write_hf_folder(tmp_path / "ck", SMALL, random_weights(SMALL))
     out = tmp_path / "out"

@@ -9,11 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import mwc
-from helpers import random_weights, write_hf_folder
-
-from compiler.checkpoint import ModelDimensions
-
-SMALL = ModelDimensions(80, 1500, 64, 2, 1, 51864, 448, 64, 2, 1)
+from helpers import SMALL, random_weights, write_hf_folder
 
 
 def assert_clean_failure(r, out: Path, *needles: str) -> None:

@@ -9,16 +9,11 @@ import json
 import pytest
 
 from conftest import ROOT, mwc
+from helpers import accelerators
 from test_artifact import JFK, normalize
 
 
-def _accelerators() -> int:
-    from max.driver import accelerator_count
-
-    return accelerator_count()
-
-
-pytestmark = pytest.mark.skipif(_accelerators() == 0, reason="no accelerator visible to MAX")
+pytestmark = pytest.mark.skipif(accelerators() == 0, reason="no accelerator visible to MAX")
 
 
 @pytest.fixture(scope="module")

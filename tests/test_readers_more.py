@@ -12,13 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import random_weights, synthetic_vocab
+from helpers import SMALL, random_weights, synthetic_vocab
 
 from compiler.checkpoint import ModelDimensions
 from compiler.errors import MwcError
 from compiler.readers import load_checkpoint
 
-SMALL = ModelDimensions(80, 1500, 64, 2, 1, 51864, 448, 64, 2, 1)
 
 
 def one_line(e: pytest.ExceptionInfo, *needles: str) -> str:
