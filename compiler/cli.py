@@ -40,9 +40,11 @@ def main() -> None:
 @click.option("--target", default=None, metavar="cuda:ARCH",
               help="cross-compile the GPU artifact for this architecture on a machine without it (cuda:sm_90a: "
                    "H100/H200, cuda:sm_80: A100); parity is then checked by `mwc verify` on such a GPU")
-@click.option("--attention", type=click.Choice(["mojo", "max", "flash"]), default="mojo", show_default=True,
-              help="the encoder's self-attention: the Mojo op in ops/, MAX's matmul + softmax, or (GPU) MAX's "
-                   "flash attention kernel; the decoder's attention is always the Mojo op")
+@click.option("--attention", type=click.Choice(["auto", "mojo", "blas", "max", "flash"]), default="auto",
+              show_default=True,
+              help="the encoder's self-attention: auto = blas on the GPU, mojo on the CPU; mojo: the Mojo op in ops/; "
+                   "blas (GPU): two cuBLAS GEMMs on the tensor cores around a Mojo softmax kernel; max: MAX's matmul "
+                   "+ softmax; flash (GPU): MAX's flash attention kernel. The decoder's attention is always the Mojo op")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               help="artifact folder (default: artifacts/NAME-PRECISION-DEVICE)")
 @click.option("--force", is_flag=True, help="replace an existing artifact folder")
@@ -60,8 +62,11 @@ def compile_cmd(model: str, precision: str, device: str, target: str | None, att
     from .readers import load_checkpoint
 
     t0 = time.perf_counter()
-    if attention == "flash" and device != "gpu":
-        raise MwcError("--attention flash is MAX's GPU flash attention kernel (it has no CPU version); "
+    if attention == "auto":
+        attention = "blas" if device == "gpu" else "mojo"
+    if attention in ("flash", "blas") and device != "gpu":
+        what = "MAX's GPU flash attention kernel" if attention == "flash" else "cuBLAS on the GPU"
+        raise MwcError(f"--attention {attention} is {what} (it has no CPU version); "
                        "use it with --device gpu, or --attention mojo on the CPU")
     if target is not None:
         parse_target(target, device)  # before reading the checkpoint: a wrong flag fails at once

@@ -28,7 +28,7 @@ from max.graph import BufferType, DeviceRef, Graph, Module, StaticDim, TensorTyp
 from .checkpoint import ModelDimensions, default_alignment_heads
 from .precision import PrecisionPlan, quant_axis, quantized_weight
 
-ATTENTION_IMPLS = ("mojo", "max", "flash")
+ATTENTION_IMPLS = ("mojo", "max", "flash", "blas")
 # columns of the decoder's ``rules`` input (batch, 12) int64: four token-id intervals [lo, hi) masked to -inf, then
 # 1 to apply openai's "timestamps likelier than any text token" rule, the row of the prompt holding
 # <|startoftranscript|> (for the no-speech probability), the <|nospeech|> id and the first timestamp id
@@ -56,7 +56,7 @@ class WhisperGraphs:
         self.graph: Graph | None = None
 
     def extensions(self, ops_dir: Path, decoder: bool = False) -> list[Path]:
-        return [ops_dir] if decoder or self.attention_impl == "mojo" else []
+        return [ops_dir] if decoder or self.attention_impl in ("mojo", "blas") else []
 
     # --- helpers -------------------------------------------------------------------------------------------------
     def w(self, name: str, shape: tuple[int, ...], dtype: DType | None = None) -> TensorValue:
@@ -160,7 +160,11 @@ class WhisperGraphs:
             k = ops.concat([cache[0], k], axis=2)
             v = ops.concat([cache[1], v], axis=2)
         encoder = cache is None
-        a = self.attention(q, k, v, causal=not encoder, matmul=encoder and self.attention_impl == "max")
+        if encoder and self.attention_impl == "blas":  # cuBLAS strided GEMMs + a Mojo softmax (ops/attention.mojo)
+            a = ops.custom("mwc_attention_blas", self.device, [q, k, v],
+                           [TensorType(q.dtype, q.shape, self.device)])[0].tensor
+        else:
+            a = self.attention(q, k, v, causal=not encoder, matmul=encoder and self.attention_impl == "max")
         out = self.linear(self.merge(a), p + ".attn.out", n, n)
         return out, (k, v)
 

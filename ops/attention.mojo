@@ -1073,3 +1073,161 @@ struct MwcCachedAttention:
             attention_gpu[dtype, True, True](
                 qp, kcp, vcp, op, posp, B, H, T, CTX, D, qs, cs, vcs, os, ctx,
             )
+
+
+# --------------------------------------------------------------------------- #
+# mwc_attention_blas (GPU, not causal): the encoder's self-attention on the tensor cores through cuBLAS.
+# Per batch row b: S[h] = scale * Q[b, h] K[b, h]^T (one strided-batched GEMM over the heads, fp32 scores),
+# P = softmax(S) row by row (one warp per row, P in the input dtype), O[b, h] = P[h] V[b, h] (a second strided
+# GEMM). Scratch S and P: H * Tq * Tk each, allocated per call (the encoder is not captured). On the CPU it is
+# mwc_attention.
+# --------------------------------------------------------------------------- #
+
+from _cublas.cublas import (
+    Algorithm,
+    ComputeType,
+    _convert_to_cublas_datatype,
+    _convert_to_cublas_transpose,
+    check_cublas_error,
+    cublasGemmStridedBatchedEx,
+)
+from linalg.matmul.vendor.blas import _get_global_handle
+
+comptime VoidIn = Pointer[NoneType, ImmutAnyOrigin]
+comptime VoidOut = Pointer[NoneType, MutAnyOrigin]
+comptime SMW = 8  # warps (rows) per softmax block
+
+
+def _softmax_rows_gpu_kernel[
+    dtype: DType
+](
+    sp: Pointer[Float32, MutAnyOrigin],
+    pp: Pointer[Scalar[dtype], MutAnyOrigin],
+    rows: Int32,
+    n: Int32,
+):
+    """Row r of the (rows, n) fp32 scores → its softmax in ``dtype``; warp w of block k takes row k * SMW + w."""
+    var tid = Int(thread_idx.x)
+    var w = tid // 32
+    var lane = tid - w * 32
+    var r = Int(block_idx.x) * SMW + w
+    if r >= Int(rows):
+        return
+    var base = r * Int(n)
+    var m = Float32(NEG_BIG)
+    var j = lane
+    while j < Int(n):
+        m = max(m, sp[unsafe_offset=base + j])
+        j += 32
+    m = warp.max(m)
+    var s: Float32 = 0
+    j = lane
+    while j < Int(n):
+        s += exp(sp[unsafe_offset=base + j] - m)
+        j += 32
+    var inv = Float32(1) / warp.sum(s)
+    j = lane
+    while j < Int(n):
+        pp[unsafe_offset=base + j] = (exp(sp[unsafe_offset=base + j] - m) * inv).cast[dtype]()
+        j += 32
+
+
+def attention_gpu_blas[
+    dtype: DType
+](
+    qp: Pointer[Scalar[dtype], MutAnyOrigin],
+    kp: Pointer[Scalar[dtype], MutAnyOrigin],
+    vp: Pointer[Scalar[dtype], MutAnyOrigin],
+    op: Pointer[Scalar[dtype], MutAnyOrigin],
+    B: Int,
+    H: Int,
+    Tq: Int,
+    Tk: Int,
+    D: Int,
+    qs: IndexList[3],
+    ks: IndexList[3],
+    vs: IndexList[3],
+    os: IndexList[3],
+    ctx: DeviceContext,
+) raises:
+    """Row-major S (Tq × Tk) = Q K^T is, for column-major cuBLAS, S^T (Tk × Tq) = op(K) Q^T with K's row-major
+    storage read as its transpose; O (Tq × D) = P V likewise is O^T = V^T P^T. Heads are the GEMM batch
+    (stride qs[1] etc.), batch rows a loop (their stride need not be H times the head stride)."""
+    if B * H * Tq == 0:
+        return
+    var scores = ctx.enqueue_create_buffer[DType.float32](H * Tq * Tk)
+    var probs = ctx.enqueue_create_buffer[dtype](H * Tq * Tk)
+    var sp = rebind[Pointer[Float32, MutAnyOrigin]](scores.unsafe_ptr())
+    var pp = rebind[Pointer[Scalar[dtype], MutAnyOrigin]](probs.unsafe_ptr())
+    var handle = _get_global_handle[dtype](ctx)
+    var alpha = Float32(1) / sqrt(Float32(D))
+    var one = Float32(1)
+    var zero = Float32(0)
+    var t_in = _convert_to_cublas_datatype[dtype]()
+    var t_f32 = _convert_to_cublas_datatype[DType.float32]()
+    var rows = H * Tq
+    for b in range(B):
+        var qb = qp.unsafe_offset(b * qs[0])
+        var kb = kp.unsafe_offset(b * ks[0])
+        var vb = vp.unsafe_offset(b * vs[0])
+        var ob = op.unsafe_offset(b * os[0])
+        check_cublas_error(cublasGemmStridedBatchedEx(
+            handle._get_cublas(), _convert_to_cublas_transpose(True), _convert_to_cublas_transpose(False),
+            Int64(Tk), Int64(Tq), Int64(D),
+            rebind[VoidIn](Pointer(to=alpha).unsafe_bitcast[NoneType]()),
+            rebind[VoidIn](kb.unsafe_bitcast[NoneType]()), t_in, Int64(ks[2]), Int64(ks[1]),
+            rebind[VoidIn](qb.unsafe_bitcast[NoneType]()), t_in, Int64(qs[2]), Int64(qs[1]),
+            rebind[VoidIn](Pointer(to=zero).unsafe_bitcast[NoneType]()),
+            rebind[VoidOut](sp.unsafe_bitcast[NoneType]()), t_f32, Int64(Tk), Int64(Tq * Tk),
+            Int64(H), ComputeType.COMPUTE_32F, Algorithm.DEFAULT,
+        ))
+        ctx.enqueue_function[_softmax_rows_gpu_kernel[dtype]](
+            sp, pp, Int32(rows), Int32(Tk), grid_dim=(rows + SMW - 1) // SMW, block_dim=SMW * 32,
+        )
+        check_cublas_error(cublasGemmStridedBatchedEx(
+            handle._get_cublas(), _convert_to_cublas_transpose(False), _convert_to_cublas_transpose(False),
+            Int64(D), Int64(Tq), Int64(Tk),
+            rebind[VoidIn](Pointer(to=one).unsafe_bitcast[NoneType]()),
+            rebind[VoidIn](vb.unsafe_bitcast[NoneType]()), t_in, Int64(vs[2]), Int64(vs[1]),
+            rebind[VoidIn](pp.unsafe_bitcast[NoneType]()), t_in, Int64(Tk), Int64(Tq * Tk),
+            rebind[VoidIn](Pointer(to=zero).unsafe_bitcast[NoneType]()),
+            rebind[VoidOut](ob.unsafe_bitcast[NoneType]()), t_in, Int64(os[2]), Int64(os[1]),
+            Int64(H), ComputeType.COMPUTE_32F, Algorithm.DEFAULT,
+        ))
+    _ = scores^
+    _ = probs^
+
+
+@extensibility.register("mwc_attention_blas")
+struct MwcAttentionBlas:
+    @staticmethod
+    def execute[
+        dtype: DType,
+        //,
+        target: StaticString,
+    ](
+        out_t: OutputTensor[dtype=dtype, rank=4, ...],
+        q: InputTensor[dtype=dtype, rank=4, ...],
+        k: InputTensor[dtype=dtype, rank=4, ...],
+        v: InputTensor[dtype=dtype, rank=4, ...],
+        ctx: DeviceContext,
+    ) raises:
+        var B = q.dim_size(0)
+        var H = q.dim_size(1)
+        var Tq = q.dim_size(2)
+        var D = q.dim_size(3)
+        var Tk = k.dim_size(2)
+        if q.stride_length(3) != 1 or k.stride_length(3) != 1 or v.stride_length(3) != 1 or out_t.stride_length(3) != 1:
+            raise Error("mwc_attention_blas: innermost dim must be contiguous")
+        var qs = IndexList[3](q.stride_length(0), q.stride_length(1), q.stride_length(2))
+        var ks = IndexList[3](k.stride_length(0), k.stride_length(1), k.stride_length(2))
+        var vs = IndexList[3](v.stride_length(0), v.stride_length(1), v.stride_length(2))
+        var os = IndexList[3](out_t.stride_length(0), out_t.stride_length(1), out_t.stride_length(2))
+        var qp = rebind[Pointer[Scalar[dtype], MutAnyOrigin]](q.unsafe_ptr())
+        var kp = rebind[Pointer[Scalar[dtype], MutAnyOrigin]](k.unsafe_ptr())
+        var vp = rebind[Pointer[Scalar[dtype], MutAnyOrigin]](v.unsafe_ptr())
+        var op = rebind[Pointer[Scalar[dtype], MutAnyOrigin]](out_t.unsafe_ptr())
+        comptime if target == "cpu":
+            attention_cpu[dtype, False](qp, kp, vp, op, B, H, Tq, Tk, D, qs, ks, vs, os, ctx)
+        else:
+            attention_gpu_blas[dtype](qp, kp, vp, op, B, H, Tq, Tk, D, qs, ks, vs, os, ctx)

@@ -13,7 +13,7 @@
     python tests/gpu_probe.py steps ARTIFACT [BATCH ...]
                                                      ms per decoder step: captured replay, eager on device inputs,
                                                      greedy_step as the runtime runs it
-    python tests/gpu_probe.py enc PIECE BATCH [SIZE]  one encoder piece alone (stem, attn-mojo, attn-max, mlp, mm3d,
+    python tests/gpu_probe.py enc PIECE BATCH [SIZE]  one encoder piece alone (stem, attn-mojo, attn-max, attn-blas, mlp, mm3d,
                                                      mm2d, core-4d, core-3d-f32, core-3d-f16), ms per call
 taps and enc also run on the CPU (with the CPU plan), to check the probe itself.
 
@@ -362,7 +362,8 @@ def encoder_parts(piece: str, batch: int, size: str = "small") -> None:
     n, heads = {"small": (768, 12), "large-v3": (1280, 20)}[size]
     dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=n, n_audio_head=heads, n_audio_layer=1,
                            n_vocab=51865, n_text_ctx=448, n_text_state=n, n_text_head=heads, n_text_layer=1)
-    b = WhisperGraphs(dims, plan_for("fp16", "gpu"), dev, "max" if piece == "attn-max" else "mojo")
+    impl = {"attn-max": "max", "attn-blas": "blas"}.get(piece, "mojo")
+    b = WhisperGraphs(dims, plan_for("fp16", "gpu"), dev, impl)
     shapes: dict = {}
     add = b.w
 

@@ -30,6 +30,7 @@ def test_manifest_and_checksums(tiny_en_artifact):
     assert m["schema_version"] == 2 and m["name"] == "whisper-tiny.en"
     assert m["versions"]["max"] == "26.7.0" and m["versions"]["mojo"] == "1.2.0"
     assert m["precision"]["name"] == "fp32" and m["dims"]["n_mels"] == 80
+    assert m["attention"] == "mojo"  # --attention auto on the CPU
     assert {"mel", "encoder", "decoder", "step", "kv_gather", "alignment"} <= set(m["graphs"])
     for f in ("model.mef", "weights.safetensors", "vocab.json", "ops.mojoc", "parity.json", "loader.py",
               "mwc_runtime/model.py"):

@@ -21,6 +21,7 @@ def test_cross_compile_for_an_h100(tmp_path):
     assert "deferred" in r.stdout and "mwc verify" in r.stdout
     m = json.loads((out / "manifest.json").read_text())
     assert m["device"] == "gpu" and m["precision"]["name"] == "fp16"
+    assert m["attention"] == "blas"  # the GPU default: the encoder's attention through cuBLAS (ops/attention.mojo)
     assert m["target"]["accelerator"] == "sm_90a" and m["target"]["cross_compiled"] is True
     assert m["target"]["cpu"] in ("x86-64-v3", "generic")
     assert set(m["graphs"]) == {"mel", "encoder", "decoder", "step", "kv_gather", "alignment"}

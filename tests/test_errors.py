@@ -28,10 +28,11 @@ def hf_small(tmp_path) -> Path:
     return write_hf_folder(tmp_path / "ck", SMALL, random_weights(SMALL))
 
 
-def test_flash_attention_needs_a_gpu(hf_small, tmp_path):
+@pytest.mark.parametrize("impl", ["flash", "blas"])
+def test_gpu_attention_needs_a_gpu(hf_small, tmp_path, impl):
     out = tmp_path / "out"
-    r = mwc("compile", str(hf_small), "--attention", "flash", "-o", str(out))
-    assert_clean_failure(r, out, "--attention flash", "--device gpu")
+    r = mwc("compile", str(hf_small), "--attention", impl, "-o", str(out))
+    assert_clean_failure(r, out, f"--attention {impl}", "--device gpu")
 
 
 def test_bf16_on_the_gpu_is_refused_before_compiling(hf_small, tmp_path):
