@@ -120,6 +120,15 @@ class WhisperGraphs:
         s = self.cast((q @ ops.permute(k, [0, 1, 3, 2])) * scale, _dtype(self.plan.softmax))
         return self.cast(ops.softmax(s), v.dtype) @ v
 
+    def cross_attention(self, q: TensorValue, cross_k: TensorValue, cross_v: TensorValue, i: int) -> TensorValue:
+        """q (B, H, T, 64) against layer ``i`` of the stacked cross K/V (layers, B, H, n_audio, 64). The Mojo op
+        reads the layer where it lies: sliced in the graph (``cross_k[i]``), MAX copied every layer's K and V on
+        every decoder step. A plan whose KV cache is wider than the matmuls casts the slice, as before."""
+        if cross_k.dtype != q.dtype:
+            return self.attention(q, self.cast(cross_k[i], q.dtype), self.cast(cross_v[i], q.dtype))
+        return ops.custom("mwc_layer_attention", self.device, [q, cross_k, cross_v],
+                          [TensorType(q.dtype, q.shape, self.device)], parameters={"layer": i})[0].tensor
+
     def conv3(self, x: TensorValue, name: str, n_in: int, n_out: int, stride: int) -> TensorValue:
         """openai's Conv1d(k=3, padding=1, stride) + GELU on time-major (B, T, n_in) → (B, T', n_out)."""
         w = self.wt(name + ".weight", (1, 3, n_in, n_out), self.conv_dtype)
@@ -261,8 +270,7 @@ class WhisperGraphs:
             tap(x)
             h = self.layer_norm(x, p + ".cross_attn_ln", n)
             q = self.heads(self.linear(h, p + ".cross_attn.query", n, n), d.n_text_head)
-            x = x + self.cast(self.linear(self.merge(self.attention(q, self.cast(cross_k[i], self.act),
-                                                                      self.cast(cross_v[i], self.act))),
+            x = x + self.cast(self.linear(self.merge(self.cross_attention(q, cross_k, cross_v, i)),
                                           p + ".cross_attn.out", n, n), self.res)
             tap(x)
             x = x + self.cast(self.mlp(self.layer_norm(x, p + ".mlp_ln", n), p, n), self.res)

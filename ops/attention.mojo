@@ -940,6 +940,68 @@ struct MwcAttention:
             )
 
 
+# mwc_layer_attention: cross-attention of layer `layer` straight from the encoder's stacked K/V (L, B, H, Tk, D),
+# not causal. Slicing k[layer] in the graph instead made MAX copy every layer's K and V on every decoder step (the
+# captured small step at batch 16 asked for an 844 MiB scratch block: all cross K/V).
+@extensibility.register("mwc_layer_attention")
+struct MwcLayerAttention:
+    @staticmethod
+    def execute[
+        dtype: DType,
+        //,
+        layer: Int,
+        target: StaticString,
+    ](
+        out_t: OutputTensor[dtype=dtype, rank=4, ...],
+        q: InputTensor[dtype=dtype, rank=4, ...],
+        k: InputTensor[dtype=dtype, rank=5, ...],
+        v: InputTensor[dtype=dtype, rank=5, ...],
+        ctx: DeviceContext,
+    ) raises:
+        var B = q.dim_size(0)
+        var H = q.dim_size(1)
+        var Tq = q.dim_size(2)
+        var D = q.dim_size(3)
+        var Tk = k.dim_size(3)
+        if (
+            layer >= k.dim_size(0)
+            or v.dim_size(0) != k.dim_size(0)
+            or k.dim_size(1) != B
+            or v.dim_size(1) != B
+            or k.dim_size(2) != H
+            or v.dim_size(2) != H
+            or v.dim_size(3) != Tk
+            or k.dim_size(4) != D
+            or v.dim_size(4) != D
+            or out_t.dim_size(0) != B
+            or out_t.dim_size(1) != H
+            or out_t.dim_size(2) != Tq
+            or out_t.dim_size(3) != D
+        ):
+            raise Error("mwc_layer_attention: shape mismatch between q, k, v, out")
+        if (
+            q.stride_length(3) != 1
+            or k.stride_length(4) != 1
+            or v.stride_length(4) != 1
+            or out_t.stride_length(3) != 1
+        ):
+            raise Error("mwc_layer_attention: innermost dim must be contiguous")
+        var qs = IndexList[3](q.stride_length(0), q.stride_length(1), q.stride_length(2))
+        var ks = IndexList[3](k.stride_length(1), k.stride_length(2), k.stride_length(3))
+        var vs = IndexList[3](v.stride_length(1), v.stride_length(2), v.stride_length(3))
+        var os = IndexList[3](out_t.stride_length(0), out_t.stride_length(1), out_t.stride_length(2))
+        var qp = rebind[Pointer[Scalar[dtype], MutAnyOrigin]](q.unsafe_ptr())
+        var kp = rebind[Pointer[Scalar[dtype], MutAnyOrigin]](k.unsafe_ptr()).unsafe_offset(layer * k.stride_length(0))
+        var vp = rebind[Pointer[Scalar[dtype], MutAnyOrigin]](v.unsafe_ptr()).unsafe_offset(layer * v.stride_length(0))
+        var op = rebind[Pointer[Scalar[dtype], MutAnyOrigin]](out_t.unsafe_ptr())
+        comptime if target == "cpu":
+            attention_cpu[dtype, False](qp, kp, vp, op, B, H, Tq, Tk, D, qs, ks, vs, os, ctx)
+        else:
+            attention_gpu[dtype, False](
+                qp, kp, vp, op, rebind[Pointer[Int64, MutAnyOrigin]](qp), B, H, Tq, Tk, D, qs, ks, vs, os, ctx,
+            )
+
+
 # --------------------------------------------------------------------------- #
 # mwc_cached_attention: decoder self-attention over a fixed-size KV cache that
 # the op updates in place (for device-graph capture: shapes never change and
