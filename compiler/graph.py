@@ -105,17 +105,20 @@ class WhisperGraphs:
         return ops.reshape(ops.permute(x, [0, 2, 1, 3]), [b, t, int(h) * int(dh)])
 
     def attention(self, q: TensorValue, k: TensorValue, v: TensorValue, causal: bool = False,
-                  matmul: bool = False) -> TensorValue:
-        """softmax(q k^T / sqrt(64) [+ causal mask]) v on (B, H, T, 64) tensors: the Mojo op, or with ``matmul``
-        (not causal) MAX's matmul + softmax.
+                  impl: str = "mojo") -> TensorValue:
+        """softmax(q k^T / sqrt(64) [+ causal mask]) v on (B, H, T, 64) tensors: the Mojo op, or (not causal) with
+        ``impl`` "max" MAX's matmul + softmax, with "blas" (GPU) two cuBLAS GEMMs around a Mojo row softmax
+        (``mwc_attention_blas``).
 
         Causal (decoder self-attention over the cache): key j is visible to query i iff j <= i + (Tk - Tq).
         MAX 26.7 miscompiles softmax over a where()-masked score tensor (NaNs or the mask dropped; seen with -inf,
         finite and additive masks), so causal attention is always the Mojo op.
         """
-        if not matmul or causal:
-            return ops.custom("mwc_attention", self.device, [q, k, v], [TensorType(q.dtype, q.shape, self.device)],
-                              parameters={"causal": causal})[0].tensor
+        out_t = [TensorType(q.dtype, q.shape, self.device)]
+        if causal or impl not in ("max", "blas"):
+            return ops.custom("mwc_attention", self.device, [q, k, v], out_t, parameters={"causal": causal})[0].tensor
+        if impl == "blas":
+            return ops.custom("mwc_attention_blas", self.device, [q, k, v], out_t)[0].tensor
         scale = 1.0 / float(int(q.shape[-1])) ** 0.5
         s = self.cast((q @ ops.permute(k, [0, 1, 3, 2])) * scale, _dtype(self.plan.softmax))
         return self.cast(ops.softmax(s), v.dtype) @ v
@@ -169,11 +172,7 @@ class WhisperGraphs:
             k = ops.concat([cache[0], k], axis=2)
             v = ops.concat([cache[1], v], axis=2)
         encoder = cache is None
-        if encoder and self.attention_impl == "blas":  # cuBLAS strided GEMMs + a Mojo softmax (ops/attention.mojo)
-            a = ops.custom("mwc_attention_blas", self.device, [q, k, v],
-                           [TensorType(q.dtype, q.shape, self.device)])[0].tensor
-        else:
-            a = self.attention(q, k, v, causal=not encoder, matmul=encoder and self.attention_impl == "max")
+        a = self.attention(q, k, v, causal=not encoder, impl=self.attention_impl if encoder else "mojo")
         out = self.linear(self.merge(a), p + ".attn.out", n, n)
         return out, (k, v)
 

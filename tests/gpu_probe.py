@@ -385,7 +385,7 @@ def encoder_parts(piece: str, batch: int, size: str = "small") -> None:
         elif piece.startswith("core"):  # attention alone on q = k = v = heads(x)
             q = b.heads(x, heads)
             if piece == "core-4d":  # the graph's "max" formulation
-                y = b.attention(q, q, q, matmul=True)
+                y = b.attention(q, q, q, impl="max")
             else:  # (B*H, T, 64) batched matmuls, K transposed once
                 bh = batch * heads
                 q3 = ops.reshape(q, [bh, frames, n // heads])
