@@ -393,15 +393,15 @@ class AuxGraphs(WhisperGraphs):
                 x = x + self.cast(self.linear(self.merge(a), p + ".attn.out", n, n), self.res)
                 h = self.layer_norm(x, p + ".cross_attn_ln", n)
                 q = self.heads(self.linear(h, p + ".cross_attn.query", n, n), d.n_text_head)
-                ck, cv = self.cast(cross_k[i], self.act), self.cast(cross_v[i], self.act)
                 wanted = [hd for (layer, hd) in heads if layer == i]
                 if wanted:
-                    qk = (self.cast(q, DType.float32) @ ops.permute(self.cast(ck, DType.float32), [0, 1, 3, 2])) * (
+                    ck = self.cast(self.cast(cross_k[i], self.act), DType.float32)
+                    qk = (self.cast(q, DType.float32) @ ops.permute(ck, [0, 1, 3, 2])) * (
                         1.0 / float(dh) ** 0.5)  # (1, H, t, n_audio)
                     for hd in wanted:
                         scores[(i, hd)] = qk[0, hd]
-                x = x + self.cast(self.linear(self.merge(self.attention(q, ck, cv)), p + ".cross_attn.out", n, n),
-                                  self.res)
+                x = x + self.cast(self.linear(self.merge(self.cross_attention(q, cross_k, cross_v, i)),
+                                              p + ".cross_attn.out", n, n), self.res)
                 x = x + self.cast(self.mlp(self.layer_norm(x, p + ".mlp_ln", n), p, n), self.res)
             x = self.layer_norm(x, "decoder.ln", n)
             lg = _dtype(self.plan.logits)
