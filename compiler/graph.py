@@ -29,11 +29,13 @@ from .checkpoint import ModelDimensions, default_alignment_heads
 from .precision import PrecisionPlan, quant_axis, quantized_weight
 
 ATTENTION_IMPLS = ("mojo", "max", "flash", "blas")
-# columns of the decoder's ``rules`` input (batch, 12) int64: four token-id intervals [lo, hi) masked to -inf, then
-# 1 to apply openai's "timestamps likelier than any text token" rule, the row of the prompt holding
-# <|startoftranscript|> (for the no-speech probability), the <|nospeech|> id and the first timestamp id
-PICK_RULES = 12
+# columns of the decoder's ``rules`` input (batch, 14) int64: four token-id intervals [lo, hi) masked to -inf, then
+# 1 to apply openai's timestamp rules, the row of the prompt holding <|startoftranscript|> (for the no-speech
+# probability), the <|nospeech|> id, the first timestamp id, the sample's first position (sample_begin) and
+# <|endoftext|> (the last two: the step graph's own timestamp rules, ``step_rules``)
+PICK_RULES = 14
 NEG = -1e30  # "-inf" for masked logits: finite, so a fully masked range still has a defined log-sum-exp
+OPEN_END = 1 << 40  # an interval's "to the end of the vocabulary" (decoding.OPEN_END)
 
 
 def _dtype(name: str) -> DType:
@@ -176,6 +178,36 @@ class WhisperGraphs:
         out = self.linear(self.merge(a), p + ".attn.out", n, n)
         return out, (k, v)
 
+    def step_rules(self, hist: TensorValue, pos: TensorValue, last: TensorValue, rules: TensorValue) -> TensorValue:
+        """A step's pick rules made in the graph from the rows' token history, so that steps can follow each other on
+        the device with no host in between: openai's ApplyTimestampRules (decoding.ApplyTimestampRules.intervals)
+        as intervals 0 and 1, from ``hist`` (batch, n) int64, which holds each row's tokens up to the one at
+        ``last`` (1,), the last fed. Intervals 2 and 3 and the other columns are the host's; on the prompt's call
+        (``pos`` 0) the host's rules stand as given (suppress-blank and the initial timestamp rules apply only there).
+        """
+        i64 = DType.int64
+        n = hist.shape[1]
+        col = [ops.slice_tensor(rules, [slice(None), slice(k, k + 1)]) for k in range(PICK_RULES)]  # (B, 1) each
+        on, tb, sb, eot = col[8] > 0, col[11], col[12], col[13]
+        iota = ops.unsqueeze(ops.range(0, n, 1, out_dim=n, dtype=i64, device=self.device), 0)  # (1, n)
+        last = ops.unsqueeze(last, 0)  # (1, 1)
+
+        def at(j):  # (B, 1): each row's token at position j (B, 1) or (1, 1); -1 where there is none
+            return ops.max(ops.where(iota == j, hist, ops.constant(-1, i64, self.device)), axis=-1)
+
+        zero = ops.constant(0, i64, self.device)
+        last_ts = (last >= sb) & (at(last) >= tb)  # the sample's last token is a timestamp
+        pen_ts = (last - 1 < sb) | (at(last - 1) >= tb)  # fewer than two sampled tokens, or the one before is one
+        a_on = on & last_ts  # two timestamps in a row: text must follow; one: no normal text token
+        a_lo = ops.where(a_on & pen_ts, tb, zero)
+        a_hi = ops.where(a_on, ops.where(pen_ts, ops.constant(OPEN_END, i64, self.device), eot), zero)
+        ts_at = ops.where((iota >= sb) & (iota <= last) & (hist >= tb), iota, ops.constant(-1, i64, self.device))
+        last_ts_pos = ops.max(ts_at, axis=-1)  # the sample's last timestamp, -1 if none
+        b_on = on & (last_ts_pos >= 0)  # timestamps never decrease, and a segment is never empty
+        b_hi = at(last_ts_pos) + ops.where(last_ts & ~pen_ts, zero, ops.constant(1, i64, self.device))
+        made = ops.concat([a_lo, a_hi, ops.where(b_on, tb, zero), ops.where(b_on, b_hi, zero), *col[4:]], axis=1)
+        return ops.where(ops.unsqueeze(pos, 0) == 0, rules, made)
+
     def pick(self, logits: TensorValue, bias: TensorValue, rules: TensorValue):
         """The greedy choice on the last position: openai's logit filters (decoding.py) as masks, then argmax.
 
@@ -311,9 +343,14 @@ class WhisperGraphs:
         """``step``: the greedy decoder over a fixed-size KV cache updated in place (design B of the KV-cache notes,
         with the Mojo op ``mwc_cached_attention`` instead of MAX's masked softmax, which miscompiles).
 
-        Inputs tokens (batch, t), pos (1,) (tokens already cached), cross K/V, bias, rules, then the K and V cache
-        buffers (layers, batch, heads, n_text_ctx, 64). Outputs the greedy pick only. Every shape is fixed at t = 1
-        and the position lives on the device, so a GPU runtime can capture one step as a device graph and replay it.
+        Inputs tokens (batch, t), pos (1,) (tokens already cached), cross K/V, bias, rules, then four buffers it
+        writes in place: the K and V caches (layers, batch, heads, n_text_ctx, 64) and each row's history, tokens
+        (batch, n_text_ctx + 1) int64 and their log-probs (same shape, float32): the fed tokens go to positions
+        pos … pos + t - 1, the pick and its log-prob to pos + t. Outputs the pick (batch, 1), its log-prob, the
+        no-speech log-prob and pos + t (1,). Every shape is fixed at t = 1, the position lives on the device and
+        the timestamp rules come from the history (``step_rules``), so a GPU runtime captures one step as a device
+        graph and replays it several times in a row, feeding each pick and position to the next on the device, and
+        reads the history once.
         """
         d, n = self.dims, self.dims.n_text_state
         dh = n // d.n_text_head
@@ -322,14 +359,17 @@ class WhisperGraphs:
         cross_t = TensorType(kv, [d.n_text_layer, "batch", d.n_text_head, "n_audio", dh], self.device)
         types = [TensorType(DType.int64, ["batch", "t"], self.device), TensorType(DType.int64, [1], self.device),
                  cross_t, cross_t, TensorType(DType.float32, [d.n_vocab], self.device),
-                 TensorType(DType.int64, ["batch", PICK_RULES], self.device), cache_t, cache_t]
+                 TensorType(DType.int64, ["batch", PICK_RULES], self.device), cache_t, cache_t,
+                 BufferType(DType.int64, ["batch", d.n_text_ctx + 1], self.device),
+                 BufferType(DType.float32, ["batch", d.n_text_ctx + 1], self.device)]
         with Graph("step", input_types=types, module=module, custom_extensions=[ops_dir]) as g:
             self.graph = g
             tokens, pos, cross_k, cross_v, bias, rules = (v.tensor for v in g.inputs[:6])
-            k_buf, v_buf = g.inputs[6].buffer, g.inputs[7].buffer
+            k_buf, v_buf, hist, lps = (v.buffer for v in g.inputs[6:])
             t = tokens.shape[1]
             positions = pos + ops.range(0, ops.shape_to_tensor([t]).reshape([]), 1, out_dim=t, dtype=DType.int64,
                                         device=self.device)
+            last = ops.max(positions, axis=-1)  # (1,): the last fed token's position; the pick goes one past it
 
             def self_attn(i, h):
                 p = f"decoder.blocks.{i}"
@@ -340,8 +380,20 @@ class WhisperGraphs:
                                        parameters={"layer": i})[0].tensor
                 return self.linear(self.merge(self.cast(a, self.act)), p + ".attn.out", n, n)
 
+            # the history is written whole, position by position (a slice store at a device-resident position
+            # would need the position on the host: one sync per step, which capture cannot hold)
+            n_hist = d.n_text_ctx + 1
+            iota = ops.unsqueeze(ops.range(0, n_hist, 1, out_dim=n_hist, dtype=DType.int64, device=self.device), 0)
+            fed = (iota >= pos) & (iota <= last)  # (1, n_hist)
+            at_fed = ops.reshape(ops.where(fed, iota - pos, ops.constant(0, DType.int64, self.device)), [n_hist])
+            seen = ops.where(fed, ops.gather(tokens, at_fed, axis=1), ops.buffer_load(hist))
+            rules = self.step_rules(seen, pos, last, rules)
             logits = self.decoder_body(tokens, positions, cross_k, cross_v, self_attn)
-            g.output(*self.pick(logits, bias, rules))
+            token, logprob, nospeech = self.pick(logits, bias, rules)
+            picked = iota == last + 1
+            ops.buffer_store(hist, ops.where(picked, token, seen))
+            ops.buffer_store(lps, ops.where(picked, logprob, ops.buffer_load(lps)))
+            g.output(token, logprob, nospeech, last + 1)
         return g
 
 

@@ -186,7 +186,7 @@ def steps(artifact: str, batches: list[str]) -> None:
     runtime calls it (host copies of the inputs and of the picked ids included)."""
     from compiler import bench
     from compiler.runtime.audio import load_audio
-    from compiler.runtime.decoding import pick_rules, sot_sequence
+    from compiler.runtime.decoding import pick_rules, sot_sequence, step_rules
 
     m = _load(artifact)
     a = load_audio(JFK)
@@ -205,6 +205,11 @@ def steps(artifact: str, batches: list[str]) -> None:
         for _ in range(n):
             ids, _, _, state, feed = m.greedy_step(feed, audio, state, rules, suppress)
         row["greedy_step_ms"] = (time.perf_counter() - t0) / n * 1e3
+        state = m.greedy_step(tokens, audio, None, rules, suppress)[3]
+        t0 = time.perf_counter()
+        for _ in range(n // m.steps_per_sync):
+            m.greedy_steps(state, audio, step_rules(rules), suppress, m.steps_per_sync)
+        row[f"greedy_steps_{m.steps_per_sync}_ms"] = (time.perf_counter() - t0) / (n - n % m.steps_per_sync) * 1e3
         ent = m._captured.get(b)
         if ent is not None:
             inputs = ent[0]
@@ -236,7 +241,7 @@ def decoder_taps(model: str, precision: str) -> None:
     from max.graph.weights import SafetensorWeights
 
     from compiler.artifact import resource_dir
-    from compiler.graph import WhisperGraphs
+    from compiler.graph import PICK_RULES, WhisperGraphs
     from compiler.parity import reference_cross_k, speech_clip
     from compiler.precision import plan_for
     from compiler.readers import load_checkpoint
@@ -272,7 +277,7 @@ def decoder_taps(model: str, precision: str) -> None:
         tk = ck.tokens
         prompt = [tk.sot] + ([tk.languages["en"], tk.transcribe] if tk.languages else []) + [tk.timestamp_begin]
         empty = _empty((d.n_text_layer, 1, d.n_text_head, 0, d.n_text_state // d.n_text_head), plan.kv_cache, gpu)
-        bias, rules = put(np.zeros(d.n_vocab, np.float32)), put(np.zeros((1, 12), np.int64))
+        bias, rules = put(np.zeros(d.n_vocab, np.float32)), put(np.zeros((1, PICK_RULES), np.int64))
         names = ["embed"] + [f"{i}.{part}" for i in range(d.n_text_layer) for part in ("self", "cross", "mlp")]
         cache, cache_ref = (empty, empty), None
         for call, tokens in (("prompt", prompt + [440, 1029]), ("step", [13])):

@@ -27,7 +27,7 @@ def normalize(text: str) -> str:
 
 def test_manifest_and_checksums(tiny_en_artifact):
     m = json.loads((tiny_en_artifact / "manifest.json").read_text())
-    assert m["schema_version"] == 2 and m["name"] == "whisper-tiny.en"
+    assert m["schema_version"] == 3 and m["name"] == "whisper-tiny.en"
     assert m["versions"]["max"] == "26.7.0" and m["versions"]["mojo"] == "1.2.0"
     assert m["precision"]["name"] == "fp32" and m["dims"]["n_mels"] == 80
     assert m["attention"] == "mojo"  # --attention auto on the CPU
@@ -187,10 +187,13 @@ class _HostRules:
         self.encode, self.decode = model.encode, model.decode
 
 
-def test_in_graph_pick_matches_host_rules(tiny_en_model, data):
-    """The step graph's greedy pick (filters as masks, KV cache filled in place) against the same model's logits
+@pytest.mark.parametrize("steps_per_sync", [1, 5])
+def test_in_graph_pick_matches_host_rules(tiny_en_model, data, monkeypatch, steps_per_sync):
+    """The step graph's greedy pick (filters as masks, KV cache filled in place, the timestamp rules made in the
+    graph from its token history, ``steps_per_sync`` steps between host reads) against the same model's logits
     filtered by numpy: same tokens, log-probs and no-speech probabilities, window by window."""
     model = tiny_en_model
+    monkeypatch.setattr(model, "steps_per_sync", steps_per_sync)
     for clip in ["short/jfk.flac", "short/ljspeech_LJ001-0003.flac"]:
         mel = model.log_mel(load_audio(data / clip))
         got = decoding.transcribe(model, model.tokenizer, mel, decoding.DecodingOptions(), model.suppress)

@@ -10,7 +10,9 @@ Logit rules are small classes applied in order (suppress blank, suppress tokens,
 ``LogitFilter``s. The model is anything with ``encode(mel_window)`` and ``decode(tokens, audio, cache)``: the
 compiled MAX artifact (``runtime.model``) and the numpy float64 reference (``compiler.reference``) both are. A model
 that also has ``greedy_step`` (the compiled one) gets the filters as data (``pick_rules``) and picks greedy tokens
-inside its decoder graph, so a greedy step copies a few numbers to the host instead of the vocabulary's logits.
+inside its decoder graph, so no logits reach the host; after the prompt's call its step graph also makes the
+timestamp rules from the tokens it keeps, so ``greedy_steps`` runs several steps per host round trip
+(``_graph_picks``).
 
 Many files at once: each file's window loop (``_window_loop``) is a generator that yields a ``WindowRequest`` per
 decoding attempt; ``transcribe_many`` runs up to ``batch_size`` of them and decodes their requests together, one
@@ -77,6 +79,7 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 
 
 OPEN_END = 1 << 40  # "to the end of the vocabulary" for an interval's upper bound
+PICK_RULES = 14  # columns of the decoder graphs' rules (graph.PICK_RULES)
 
 
 class LogitFilter:
@@ -159,8 +162,10 @@ class ApplyTimestampRules(LogitFilter):
 
 def pick_rules(filters: list[LogitFilter], tokens: np.ndarray, sot_index: int, tokenizer: Tokenizer) -> np.ndarray:
     """The filters' per-row data for the decoder graph's in-graph pick (graph.PICK_RULES columns). ``sot_index``
-    indexes the tokens of this call: the prompt's SOT position on the first call, 0 on later ones (t = 1)."""
-    rules = np.zeros((tokens.shape[0], 12), dtype=np.int64)
+    indexes the tokens of this call: the prompt's SOT position on the first call, 0 on later ones (t = 1). On the
+    prompt's call ``tokens`` is the prompt, so its length is where the sample begins (the step graph's timestamp
+    rules read that column; see ``step_rules``)."""
+    rules = np.zeros((tokens.shape[0], PICK_RULES), dtype=np.int64)
     for k in range(tokens.shape[0]):
         ivs = [iv for f in filters for iv in f.intervals(tokens[k])]
         if len(ivs) > 4:
@@ -171,6 +176,18 @@ def pick_rules(filters: list[LogitFilter], tokens: np.ndarray, sot_index: int, t
     rules[:, 9] = sot_index
     rules[:, 10] = tokenizer.no_speech
     rules[:, 11] = tokenizer.timestamp_begin
+    rules[:, 12] = tokens.shape[1]
+    rules[:, 13] = tokenizer.eot
+    return rules
+
+
+def step_rules(prompt_rules: np.ndarray) -> np.ndarray:
+    """The rules of every step after the prompt's call (``pick_rules``' on it): no intervals from the host (the step
+    graph makes the timestamp rules from the tokens it has seen; suppress-blank and the initial timestamp rules
+    hold only at the sample's first token) and the no-speech row 0."""
+    rules = np.array(prompt_rules)
+    rules[:, :8] = 0
+    rules[:, 9] = 0
     return rules
 
 
@@ -447,14 +464,14 @@ def decode_windows(model, tokenizer: Tokenizer, requests: list[WindowRequest], s
     greedy_graph = temperature == 0 and hasattr(model, "greedy_step")
     if greedy_graph:  # the compiled decoder applies the same filters and picks the token: no logits reach the host
         suppress_all = tuple(sorted({i for f in filters for i in f.suppress}))
+        picks = _graph_picks(model, tokenizer, filters, tokens, audio, sot_index, suppress_all, sample_len)
     for i in range(sample_len):
         if greedy_graph:
-            rules = pick_rules(filters, tokens, sot_index if i == 0 else 0, tokenizer)  # the SOT row: prompt only
-            next_ids, logprob, nospeech, cache, feed = model.greedy_step(feed, audio, cache, rules, suppress_all)
+            next_ids, step_logprob, nospeech = next(picks)
             if i == 0:
                 no_speech_prob = np.exp(np.asarray(nospeech, dtype=np.float64))
             next_ids = np.asarray(next_ids, dtype=np.int64)
-            step_logprob = np.asarray(logprob, dtype=np.float64)
+            step_logprob = np.asarray(step_logprob, dtype=np.float64)
         else:
             logits_all, cache = model.decode(feed, audio, cache)
             if i == 0:
@@ -478,6 +495,23 @@ def decode_windows(model, tokenizer: Tokenizer, requests: list[WindowRequest], s
             feed = tokens[:, -1:]
     return [_result(tokenizer, tokens[k], sample_begin, float(sum_logprob[k]), float(no_speech_prob[k]),
                     languages[k], temperature) for k in range(n_rows)]
+
+
+def _graph_picks(model, tokenizer: Tokenizer, filters: list, prompt: np.ndarray, audio, sot_index: int,
+                 suppress: tuple[int, ...], sample_len: int):
+    """The compiled greedy decoder's picks, one step at a time: (ids (batch,), log-probs, no-speech log-probs on the
+    first step, else None). After the prompt's call the steps run ``model.steps_per_sync`` at a time on the device
+    (``greedy_steps``); the caller stops reading when every row has ended, and a run's steps past that are unused."""
+    rules = pick_rules(filters, prompt, sot_index, tokenizer)
+    ids, logprob, nospeech, state, _ = model.greedy_step(prompt, audio, None, rules, suppress)
+    yield ids, logprob, nospeech
+    rules, n_ctx, taken = step_rules(rules), model.dims["n_text_ctx"], 1
+    while taken < sample_len and state.pos < n_ctx:
+        n = min(model.steps_per_sync, sample_len - taken, n_ctx - state.pos)
+        ids, logprobs = model.greedy_steps(state, audio, rules, suppress, n)
+        for j in range(n):
+            yield ids[:, j], logprobs[:, j], None
+        taken += n
 
 
 def _result(tokenizer: Tokenizer, tokens: np.ndarray, sample_begin: int, sum_logprob: float, no_speech_prob: float,

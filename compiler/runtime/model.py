@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .audio import N_FRAMES, N_SAMPLES, SAMPLE_RATE, AudioError, chunk_bounds, load_audio
-from .decoding import (DecodingOptions, Progress, detect_language, merge_chunks, suppress_ids,
+from .decoding import (PICK_RULES, DecodingOptions, Progress, detect_language, merge_chunks, suppress_ids,
                        transcribe_many)
 from .tokenizer import Tokenizer
 
@@ -26,7 +26,11 @@ os.environ.setdefault("MODULAR_DEVICE_CONTEXT_MEMORY_MANAGER_SIZE_PERCENT", "1")
 os.environ.setdefault("MODULAR_DEVICE_CONTEXT_MEMORY_MANAGER_VMM_PAGE_MB", "32")
 NEG = -1e30  # a masked logit (graph.NEG)
 CHUNKED_BATCH_SIZE = 16  # a long file's chunks decoded together by default (transcribe_chunked, --chunked)
-SCHEMA_VERSION = 2  # 2: the decoder graph takes pick rules and returns the greedy pick
+SCHEMA_VERSION = 3  # 2: the decoder graph takes pick rules and returns the greedy pick; 3: the step graph keeps each
+# row's token history on the device and makes the timestamp rules itself (several steps per host round trip)
+# greedy steps run back to back on a GPU before the host reads their picks (MWC_STEPS_PER_SYNC overrides); a row that
+# ends inside a run costs the rest of the run. On the CPU a step's execute returns only when it is done: one at a time
+STEPS_PER_SYNC = {"gpu": 8, "cpu": 1}
 
 
 class ArtifactError(Exception):
@@ -74,10 +78,11 @@ def to_numpy(x) -> np.ndarray:
 
 
 class _StepState:
-    """A greedy sequence in the step graph's cache: its buffers and how many tokens they hold."""
+    """A greedy sequence in the step graph's buffers (K and V caches, token and log-prob history), how many tokens
+    the cache holds and the last pick (the next step's input, where the graph left it)."""
 
-    def __init__(self, kv):
-        self.kv, self.pos = kv, 0
+    def __init__(self, buffers):
+        self.kv, self.pos, self.token = buffers, 0, None
 
 
 class Whisper:
@@ -139,6 +144,7 @@ class Whisper:
         self._kv: dict = {}  # batch → (K, V) cache buffers of the step graph
         self._captured: dict = {}  # batch → the captured step graph's inputs and outputs
         self._capture = os.environ.get("MWC_NO_CAPTURE", "") in ("", "0")
+        self.steps_per_sync = int(os.environ.get("MWC_STEPS_PER_SYNC") or STEPS_PER_SYNC[m["device"]])
 
     def _empty_cache(self, batch: int):
         """A KV cache holding no tokens, for ``batch`` rows (made once per batch size)."""
@@ -184,41 +190,66 @@ class Whisper:
 
     def decode(self, tokens: np.ndarray, audio: dict, cache):
         """Logits (batch, t, vocab) for ``tokens`` after ``cache`` (None: empty), and the grown cache."""
-        rules = np.zeros((tokens.shape[0], 12), dtype=np.int64)  # no intervals, no timestamp rule
+        rules = np.zeros((tokens.shape[0], PICK_RULES), dtype=np.int64)  # no intervals, no timestamp rule
         logits, k, v, *_ = self._decoder(tokens, audio, cache, self._bias(()), rules)
         return to_numpy(logits), (k, v)
 
     def greedy_step(self, tokens, audio: dict, cache, rules: np.ndarray, suppress: tuple[int, ...]):
-        """One greedy step of the ``step`` graph: the pick happens inside it (decoding.pick_rules gives ``rules``)
+        """One greedy call of the ``step`` graph: the pick happens inside it (decoding.pick_rules gives ``rules``)
         and the KV cache is a fixed-size device buffer it fills in place. ``cache`` is None to start a sequence
         (then ``tokens`` is the whole prompt), else what the previous call returned. Returns the next ids (batch,),
         their log-probs, log p(nospeech) at the SOT row (on the prompt's call; None after), the cache state and the
-        ids as the next ``tokens``.
-
-        On a GPU each t = 1 step is captured once per batch size as a device graph and replayed: one launch per
-        token instead of one per kernel (set MWC_NO_CAPTURE=1 to run every step eagerly)."""
+        ids as the next ``tokens``. ``greedy_steps`` runs the steps after the prompt several at a time."""
         batch, t = tokens.shape[0], tokens.shape[1]
         state = cache if isinstance(cache, _StepState) else _StepState(self._kv_buffers(batch))
         if state.pos + t > self.dims["n_text_ctx"]:
             raise ValueError(f"{state.pos + t} tokens exceed the decoder's context of {self.dims['n_text_ctx']}")
         if isinstance(tokens, np.ndarray):
             tokens = np.ascontiguousarray(tokens, dtype=np.int64)
-        args = [tokens, np.array([state.pos], dtype=np.int64), audio["cross_k"], audio["cross_v"],
-                self._bias(suppress), rules, *state.kv]
+        args = self._step_args(tokens, state, audio, rules, suppress)
         out = None
         if t == 1 and self.device is not None and self._capture:
-            out = self._replay(batch, args, state)
+            out = self._replay(batch, args)
         if out is None:
             out = self.models["step"].execute(*(self._in(a) for a in args))
-        token, logprob, nospeech = out
+        token, logprob, nospeech, _ = out
         first = state.pos == 0
         state.pos += t
+        state.token = token
         # each copy to the host waits for the device: the no-speech log-prob only matters on the prompt's call
         nospeech = to_numpy(nospeech)[:, 0] if first else None
         return to_numpy(token)[:, 0], to_numpy(logprob)[:, 0], nospeech, state, token
 
+    def greedy_steps(self, state: _StepState, audio: dict, rules: np.ndarray, suppress: tuple[int, ...], n: int):
+        """``n`` greedy t = 1 steps after ``state``'s last call (``greedy_step``'s), with no host round trip between
+        them: each step's pick and position feed the next where they lie, the graph makes the timestamp rules
+        from the token history it keeps (``rules`` gives the rest: decoding.pick_rules for a step), and the picks
+        and log-probs come to the host once, at the end. Returns ids (batch, n) and their log-probs (batch, n).
+
+        On a GPU the step is captured once per batch size as a device graph and replayed: one launch per token
+        instead of one per kernel (MWC_NO_CAPTURE=1 runs every step eagerly)."""
+        if state.pos + n > self.dims["n_text_ctx"]:
+            raise ValueError(f"{state.pos + n} tokens exceed the decoder's context of {self.dims['n_text_ctx']}")
+        batch = rules.shape[0]
+        args = self._step_args(state.token, state, audio, rules, suppress)
+        outs = self._replay(batch, args, n) if self.device is not None and self._capture else None
+        if outs is None:
+            args = [self._in(a) for a in args]
+            for _ in range(n):
+                outs = self.models["step"].execute(*args)
+                args[0], args[1] = outs[0], outs[3]  # the pick and pos + 1, as they came out
+        state.pos += n
+        state.token = outs[0]
+        span = slice(state.pos - n + 1, state.pos + 1)  # the picks sit one past the token each step was fed
+        return tuple(np.array(to_numpy(buf)[:, span]) for buf in state.kv[2:])
+
+    def _step_args(self, tokens, state: _StepState, audio: dict, rules: np.ndarray, suppress: tuple[int, ...]):
+        return [tokens, np.array([state.pos], dtype=np.int64), audio["cross_k"], audio["cross_v"],
+                self._bias(suppress), rules, *state.kv]
+
     def _kv_buffers(self, batch: int):
-        """The step graph's K and V cache buffers for this batch size (allocated once, reused by every sequence)."""
+        """The step graph's buffers for this batch size, allocated once and reused by every sequence: the K and V
+        caches and the token and log-prob history (one more position than the context: the last pick)."""
         if batch not in self._kv:
             from max.driver import CPU, Buffer
             from max.dtype import DType
@@ -226,11 +257,16 @@ class Whisper:
             d = self.dims
             shape = (d["n_text_layer"], batch, d["n_text_head"], d["n_text_ctx"], d["n_text_state"] // d["n_text_head"])
             dt = getattr(DType, self.manifest["precision"]["kv_cache"])
-            self._kv[batch] = tuple(Buffer(dt, shape, device=self.device or CPU()) for _ in range(2))
+            dev = self.device or CPU()
+            hist = (batch, d["n_text_ctx"] + 1)
+            self._kv[batch] = (Buffer(dt, shape, device=dev), Buffer(dt, shape, device=dev),
+                               Buffer(DType.int64, hist, device=dev), Buffer(DType.float32, hist, device=dev))
         return self._kv[batch]
 
-    def _replay(self, batch: int, args: list, state: "_StepState"):
-        """Run one t = 1 step as a captured device graph; None when capture is not possible (then run eagerly)."""
+    def _replay(self, batch: int, args: list, n: int = 1):
+        """Run ``n`` t = 1 steps as a captured device graph replayed ``n`` times, each replay's pick and position
+        copied on the device into the next one's inputs; returns the outputs (the last step's), or None when
+        capture is not possible (then run eagerly)."""
         from max.driver import Buffer
 
         model = self.models["step"]
@@ -243,7 +279,8 @@ class Whisper:
                 del self._captured[other]
                 model.release_captured_graph(other)
             try:
-                # capture's inputs stay bound to the graph: fresh device copies of everything but the KV buffers
+                # capture's inputs stay bound to the graph: fresh device copies of everything but the buffers it
+                # writes (the replays below write the same cache and history positions again)
                 inputs = [self._in(a) if isinstance(a, np.ndarray) else a.copy() for a in args[:6]] + list(args[6:])
                 outs = model.capture(batch, *inputs)
             except Exception as e:  # noqa: BLE001 - capture is an optimization; eager execution stays correct
@@ -263,7 +300,11 @@ class Whisper:
             if src is not inputs[i]:
                 inputs[i].inplace_copy_from(src)
         bound["audio"], bound["bias"], bound["rules"] = args[2], args[4], np.array(args[5])
-        model.replay(batch, *inputs)
+        for j in range(n):
+            if j:
+                inputs[0].inplace_copy_from(outs[0])
+                inputs[1].inplace_copy_from(outs[3])
+            model.replay(batch, *inputs)
         return outs
 
     # --- beam search (kv_gather graph) and word timestamps (alignment graph) ---
