@@ -107,11 +107,12 @@ def w30(model, audio: np.ndarray, batch: int = 1, n_tokens: int = 100) -> dict:
             "tokens": int(np.concatenate(out, axis=1).size)}
 
 
-def run_mwc(artifact_dir: str | Path, workload: str, files: list, *, batch: int = 1, n_tokens: int = 100,
+def run_mwc(artifact_dir: str | Path, workload: str, files: list, *, batch: int | None = 1, n_tokens: int = 100,
             repeat: int = 3) -> dict:
     """One workload on one artifact → {"seconds", "texts", "detail"} (the peer script's worker contract).
 
-    ``files`` are paths or 16 kHz float32 arrays; they are decoded before any timing."""
+    ``files`` are paths or 16 kHz float32 arrays; they are decoded before any timing. ``batch`` None: the model's
+    default (LFC: ``Whisper.chunked_batch_size``)."""
     from .runtime.audio import SAMPLE_RATE, load_audio
     from .runtime.model import Whisper
 
@@ -160,7 +161,8 @@ def run_mwc(artifact_dir: str | Path, workload: str, files: list, *, batch: int 
 
         seconds, texts = _best(run, max(1, repeat - 1))
         detail["rtf"] = seconds / detail["audio_seconds"]
-        detail["batch"], detail["chunks"] = batch, sum(len(chunk_bounds(a)) for a in audios)
+        detail["batch"] = batch or model.chunked_batch_size
+        detail["chunks"] = sum(len(chunk_bounds(a)) for a in audios)
     else:  # LF: greedy without temperature fallback, as the peers are run
         def run():
             return [model.transcribe(a, language=language, temperature=0.0)["text"] for a in audios]

@@ -265,7 +265,8 @@ def _temperatures(temperature: float, increment: float | None) -> tuple[float, .
               help="word-level timestamps from the alignment heads' cross-attention (json gets 'words')")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="files decoded together, their windows sharing encoder and decoder batches (the same text as one "
-                   "by one; default: 8); with --chunked, a file's chunks decoded together (default: 16)")
+                   "by one; default: 8); with --chunked, a file's chunks decoded together (default: 32 on a GPU, 16 on the "
+                   "CPU)")
 @click.option("--chunked", is_flag=True,
               help="batched long-form: cut each file at quiet points into chunks of at most 30 s and decode them "
                    "together (much faster on long audio on a GPU; no text carried from one chunk to the next)")
@@ -282,7 +283,7 @@ def transcribe(artifact: Path, audio: tuple[Path, ...], language: str | None, ta
     Several files are decoded together (--batch-size); each is printed and written as soon as it and the files
     before it are done, in the order given. A progress bar (files, seconds of audio) shows on a terminal."""
     from .runtime.audio import AudioError
-    from .runtime.model import CHUNKED_BATCH_SIZE, ArtifactError, Whisper
+    from .runtime.model import ArtifactError, Whisper
     from .runtime.writers import write_result
 
     if output_format is not None and output_dir is None:
@@ -312,7 +313,7 @@ def transcribe(artifact: Path, audio: tuple[Path, ...], language: str | None, ta
                   seed=seed, silence_mel_threshold=silence_mel_threshold, beam_size=beam_size, best_of=best_of,
                   patience=patience, length_penalty=length_penalty, word_timestamps=word_timestamps,
                   language_per_window=language_per_window)
-    batch = batch_size or (CHUNKED_BATCH_SIZE if chunked else model.default_batch_size)
+    batch = batch_size or (model.chunked_batch_size if chunked else model.default_batch_size)
     failed, t0 = 0, time.perf_counter()
     bar = _ProgressLine(len(audio))
     try:
@@ -381,7 +382,7 @@ class _ProgressLine:
               case_sensitive=False), help="workload(s) to run (default: MEL, LF, W30); see compiler/bench.py")
 @click.option("--batch", type=click.IntRange(min=1), default=None,
               help="W30: copies of the window decoded at once (default 1); TP: files in flight at once (default 1); "
-                   "LFC: chunks decoded together (default 16)")
+                   "LFC: chunks decoded together (default 32 on a GPU, 16 on the CPU)")
 @click.option("--tokens", "n_tokens", type=int, default=100, show_default=True, help="W30: greedy tokens per row")
 @click.option("--repeat", type=int, default=3, show_default=True, help="timed runs after one warm-up; best counts")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object per workload")
@@ -393,13 +394,13 @@ def bench(artifact: Path, audio: tuple[Path, ...], workloads: tuple[str, ...], b
     faster-whisper, openai-whisper and transformers is tests/bench_peers.py."""
     from .bench import run_mwc
     from .runtime.audio import AudioError
-    from .runtime.model import CHUNKED_BATCH_SIZE, ArtifactError
+    from .runtime.model import ArtifactError
 
     rows = []
     for w in [w.upper() for w in workloads] or ["MEL", "LF", "W30"]:
         files = list(audio) if w == "TP" else [audio[0]]
         try:
-            r = run_mwc(artifact, w, files, batch=batch or (CHUNKED_BATCH_SIZE if w == "LFC" else 1),
+            r = run_mwc(artifact, w, files, batch=batch or (None if w == "LFC" else 1),
                         n_tokens=n_tokens, repeat=repeat)
         except (ArtifactError, AudioError) as e:
             raise MwcError(str(e)) from e

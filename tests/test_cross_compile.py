@@ -26,9 +26,11 @@ def test_cross_compile_for_an_h100(tmp_path):
     assert m["target"]["cpu"] in ("x86-64-v3", "generic")
     assert set(m["graphs"]) == {"mel", "encoder", "decoder", "step", "kv_gather", "alignment"}
     step = m["graphs"]["step"]["inputs"]
-    assert [i["dtype"] for i in step[-2:]] == ["DType.float16"] * 2  # the KV cache buffers, fp16 on the GPU
-    assert step[-1]["shape"] == [SMALL.n_text_layer, None, SMALL.n_text_head, SMALL.n_text_ctx,
-                                 SMALL.n_text_state // SMALL.n_text_head]
+    assert [i["dtype"] for i in step[6:8]] == ["DType.float16"] * 2  # the KV cache buffers, fp16 on the GPU
+    assert step[7]["shape"] == [SMALL.n_text_layer, None, SMALL.n_text_head, SMALL.n_text_ctx,
+                                SMALL.n_text_state // SMALL.n_text_head]
+    assert [(i["dtype"], i["shape"]) for i in step[8:]] == [  # each row's token and log-prob history
+        ("DType.int64", [None, SMALL.n_text_ctx + 1]), ("DType.float32", [None, SMALL.n_text_ctx + 1])]
     assert not (out / "parity.json").exists()  # nothing ran here: `mwc verify` on the GPU writes it
     assert (out / "model.mef").stat().st_size > 1_000_000
     r = mwc("inspect", str(out), "--check")

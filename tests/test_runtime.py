@@ -191,6 +191,19 @@ def test_one_captured_step_graph_at_a_time():
                         ("replay", 16), ("replay", 16), ("release", 16), ("capture", 1), ("replay", 1)]
 
 
+def test_memory_pool_grows_with_the_cross_attention_cache():
+    """MAX's device pool: 1 % of the GPU up to small, 10 % where 16 windows' cross K/V pass 1 GiB (at 1 % large-v3's
+    batch-16 step could not be captured on the H200); turbo's 4 decoder layers stay at 1 %."""
+    from dataclasses import asdict
+
+    from compiler.runtime.model import pool_percent
+    from helpers import SIZES
+
+    got = {name: pool_percent(asdict(d), "float16") for name, d in SIZES.items()}
+    assert got == {"tiny.en": 1, "base": 1, "small": 1, "medium": 10, "large-v3": 10, "large-v3-turbo": 1}
+    assert pool_percent(asdict(SIZES["small"]), "float32") == 10  # fp32 cross K/V: 1.77 GB for 16 windows
+
+
 def test_silence_clip_gives_no_words(tiny_en_checkpoint, data):
     """30 s of (dithered) digital silence through the numpy reference: no invented words."""
     from compiler.reference import NumpyWhisper, log_mel_spectrogram

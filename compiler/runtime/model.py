@@ -19,13 +19,18 @@ from .decoding import (PICK_RULES, DecodingOptions, Progress, detect_language, m
 from .tokenizer import Tokenizer
 
 # MAX's device memory manager reserves about 90 % of the GPU by default (an H200: 126 GiB for tiny.en); a pool of 1 %
-# grows on demand and keeps a process at what it uses (tiny.en fp16: 1.1 GiB). Set the variable yourself to override.
-os.environ.setdefault("MODULAR_DEVICE_CONTEXT_MEMORY_MANAGER_SIZE_PERCENT", "1")
+# grows on demand and keeps a process at what it uses (tiny.en fp16: 1.1 GiB). Models with large cross K/V get more
+# when a GPU artifact loads (``pool_percent``). Set the variable yourself to override both.
+POOL_PERCENT = "MODULAR_DEVICE_CONTEXT_MEMORY_MANAGER_SIZE_PERCENT"
+_POOL_FROM_USER = POOL_PERCENT in os.environ
+os.environ.setdefault(POOL_PERCENT, "1")
 # It maps that memory in 256 MB pages by default; 32 MB pages keep the process closer still (H200, tiny.en fp16: 721
 # instead of 785 MiB after load, 2101 instead of 2197 after the first transcription; decoder step unchanged).
 os.environ.setdefault("MODULAR_DEVICE_CONTEXT_MEMORY_MANAGER_VMM_PAGE_MB", "32")
 NEG = -1e30  # a masked logit (graph.NEG)
-CHUNKED_BATCH_SIZE = 16  # a long file's chunks decoded together by default (transcribe_chunked, --chunked)
+# a long file's chunks decoded together by default (transcribe_chunked, --chunked): on an H200 tiny.en's 600 s file
+# (22 chunks) took 0.273 s at 16 and 0.171 s at 32, base 0.330 / 0.238 s; a CPU step's time grows with the rows
+CHUNKED_BATCH_SIZE = {"gpu": 32, "cpu": 16}
 SCHEMA_VERSION = 3  # 2: the decoder graph takes pick rules and returns the greedy pick; 3: the step graph keeps each
 # row's token history on the device and makes the timestamp rules itself (several steps per host round trip)
 # greedy steps run back to back on a GPU before the host reads their picks (MWC_STEPS_PER_SYNC overrides); a row that
@@ -77,6 +82,16 @@ def to_numpy(x) -> np.ndarray:
     return x.to_numpy()
 
 
+def pool_percent(dims: dict, kv_dtype: str) -> int:
+    """MAX's device memory pool for a model, in % of the GPU: 1, or 10 when the decoder's cross-attention K and V of
+    16 windows pass 1 GiB (medium and large: large-v3's are 3.9 GB). At 1 % (1.41 GB on an H200) large-v3's batch-16
+    step could not be captured (the pool was used up) and ran eagerly, 32 ms per step instead of 7.7 ms at 10 %;
+    its W30 batch 1 took 446 instead of 304 ms."""
+    size = 4 if kv_dtype == "float32" else 2
+    cross = dims["n_text_layer"] * 2 * 16 * dims["n_audio_ctx"] * dims["n_text_state"] * size
+    return 10 if cross > 1 << 30 else 1
+
+
 class _StepState:
     """A greedy sequence in the step graph's buffers (K and V caches, token and log-prob history), how many tokens
     the cache holds and the last pick (the next step's input, where the graph left it)."""
@@ -111,6 +126,8 @@ class Whisper:
         if m["device"] == "gpu":
             if accelerator_count() == 0:
                 raise ArtifactError(f"{self.folder}: compiled for gpu, but MAX sees no accelerator here")
+            if not _POOL_FROM_USER:  # read when the process's first device is made (no effect after that)
+                os.environ[POOL_PERCENT] = str(pool_percent(self.dims, m["precision"]["kv_cache"]))
             self.device = Accelerator()
             built, here = m["target"].get("accelerator"), self.device.architecture_name
             if built and built != here:  # may still load (MAX decides); said up front, and again if it fails
@@ -372,7 +389,7 @@ class Whisper:
         once (default ``default_batch_size``: 8); ``progress``: called with a
         ``decoding.Progress`` (files done of the total, seconds of audio done) as the work advances; the other
         options as ``transcribe``. ``chunked``: one file after another, each through ``transcribe_chunked`` with
-        ``batch_size`` (default ``CHUNKED_BATCH_SIZE``) of its chunks decoded together."""
+        ``batch_size`` (default ``chunked_batch_size``) of its chunks decoded together."""
         if chunked:
             return self._chunked_many(audios, batch_size, progress, language=language, task=task,
                                       without_timestamps=without_timestamps, beam_size=beam_size, best_of=best_of,
@@ -393,7 +410,7 @@ class Whisper:
     def transcribe_chunked(self, audio, batch_size: int | None = None, language: str | None = None,
                            task: str = "transcribe", **kwargs) -> dict:
         """Batched long-form: ``audio`` (a path or a 16 kHz array) cut at quiet points into chunks of at most 30 s
-        (``audio.chunk_bounds``), the chunks decoded together, ``batch_size`` at a time (``CHUNKED_BATCH_SIZE``), as
+        (``audio.chunk_bounds``), the chunks decoded together, ``batch_size`` at a time (``chunked_batch_size``), as
         independent files, and their results joined with times shifted to the file's (``decoding.merge_chunks``).
 
         On a GPU this is many times faster than ``transcribe`` on long audio (one decoder batch instead of one
@@ -410,7 +427,7 @@ class Whisper:
             first = self.log_mel(audio[bounds[0][0]:bounds[0][1]])[:, :N_FRAMES]
             language = detect_language(self, self.tokenizer, self.encode(first[None].astype(np.float32)))
         results = list(self.transcribe_many([audio[a:b] for a, b in bounds],
-                                            batch_size=batch_size or CHUNKED_BATCH_SIZE, language=language, task=task,
+                                            batch_size=batch_size or self.chunked_batch_size, language=language, task=task,
                                             **kwargs))
         return merge_chunks(results, [a / SAMPLE_RATE for a, _ in bounds], language)
 
@@ -453,6 +470,11 @@ class Whisper:
             raise ValueError(f"unknown language {language!r}; use a code this model knows: "
                              f"{', '.join(sorted(codes))}")
         return language.lower()
+
+    @property
+    def chunked_batch_size(self) -> int:
+        """A long file's chunks decoded together by default: 32 on a GPU, 16 on the CPU (``CHUNKED_BATCH_SIZE``)."""
+        return CHUNKED_BATCH_SIZE[self.manifest["device"]]
 
     @property
     def default_batch_size(self) -> int:
