@@ -97,7 +97,7 @@ class _StepState:
     the cache holds and the last pick (the next step's input, where the graph left it)."""
 
     def __init__(self, buffers):
-        self.kv, self.pos, self.token = buffers, 0, None
+        self.buffers, self.pos, self.token = buffers, 0, None
 
 
 class Whisper:
@@ -158,7 +158,7 @@ class Whisper:
         self.load_seconds = time.perf_counter() - t0
         self._empty_caches: dict = {}  # batch → an empty KV cache (decode's first call)
         self._biases: dict = {}
-        self._kv: dict = {}  # batch → (K, V) cache buffers of the step graph
+        self._kv: dict = {}  # batch → the step graph's buffers (K and V caches, token and log-prob history)
         self._captured: dict = {}  # batch → the captured step graph's inputs and outputs
         self._capture = os.environ.get("MWC_NO_CAPTURE", "") in ("", "0")
         self.steps_per_sync = int(os.environ.get("MWC_STEPS_PER_SYNC") or STEPS_PER_SYNC[m["device"]])
@@ -258,11 +258,11 @@ class Whisper:
         state.pos += n
         state.token = outs[0]
         span = slice(state.pos - n + 1, state.pos + 1)  # the picks sit one past the token each step was fed
-        return tuple(np.array(to_numpy(buf)[:, span]) for buf in state.kv[2:])
+        return tuple(np.array(to_numpy(buf)[:, span]) for buf in state.buffers[2:])
 
     def _step_args(self, tokens, state: _StepState, audio: dict, rules: np.ndarray, suppress: tuple[int, ...]):
         return [tokens, np.array([state.pos], dtype=np.int64), audio["cross_k"], audio["cross_v"],
-                self._bias(suppress), rules, *state.kv]
+                self._bias(suppress), rules, *state.buffers]
 
     def _kv_buffers(self, batch: int):
         """The step graph's buffers for this batch size, allocated once and reused by every sequence: the K and V
