@@ -145,13 +145,17 @@ def test_silent_window_is_not_decoded():
 
 
 class _Buf:
-    """A stand-in device buffer (what Whisper._replay copies and binds)."""
+    """A stand-in device buffer (what Whisper._replay copies and binds); ``log`` records copies into it."""
+
+    def __init__(self, name: str = "", log: list | None = None):
+        self.name, self.log = name, log
 
     def copy(self):
-        return _Buf()
+        return _Buf(self.name + "'", self.log)
 
     def inplace_copy_from(self, src):
-        pass
+        if self.log is not None:
+            self.log.append((self.name, "<-", getattr(src, "name", "host")))
 
 
 class _CapturingStep:
@@ -163,7 +167,7 @@ class _CapturingStep:
     def capture(self, key, *inputs):
         self.live.add(key)
         self.log.append(("capture", key))
-        return [_Buf(), _Buf(), _Buf(), _Buf()]
+        return [_Buf(f"out{i}") for i in range(4)]  # pick, log-prob, no-speech, pos + 1
 
     def replay(self, key, *inputs):
         assert key in self.live, f"replay of batch {key}, which is not captured"
@@ -191,13 +195,35 @@ def test_one_captured_step_graph_at_a_time():
                         ("replay", 16), ("replay", 16), ("release", 16), ("capture", 1), ("replay", 1)]
 
 
+def test_steps_in_one_round_trip_feed_each_pick_on_the_device():
+    """``n`` replays of the captured step: the inputs are bound once, then before each later replay the pick and
+    pos + 1 the last one wrote are copied into the next one's token and position inputs on the device."""
+    from compiler.runtime.model import Whisper
+
+    w = object.__new__(Whisper)
+    step = _CapturingStep()
+    log = step.log
+    w.models, w.device, w._captured = {"step": step}, None, {}
+    uploads = iter(["pos'", "rules'"])  # the capture's own copies of the host inputs, in argument order
+    w._in = lambda x: _Buf(next(uploads), log)
+    names = ["tokens", "pos", "cross_k", "cross_v", "bias", "rules", "k", "v", "hist", "lps"]
+    args = [_Buf(n, log) for n in names]
+    args[1], args[5] = np.array([3]), np.zeros((1, 14), np.int64)
+    w._replay(1, args, 3)
+    copies = [("tokens'", "<-", "tokens"), ("pos'", "<-", "host"), ("cross_k'", "<-", "cross_k"),
+              ("cross_v'", "<-", "cross_v"), ("bias'", "<-", "bias"), ("rules'", "<-", "host")]
+    feed = [("tokens'", "<-", "out0"), ("pos'", "<-", "out3")]
+    assert log == [("capture", 1), *copies, ("replay", 1), *feed, ("replay", 1), *feed, ("replay", 1)]
+
+
 def test_memory_pool_grows_with_the_cross_attention_cache():
     """MAX's device pool: 1 % of the GPU up to small, 10 % where 16 windows' cross K/V pass 1 GiB (at 1 % large-v3's
     batch-16 step could not be captured on the H200); turbo's 4 decoder layers stay at 1 %."""
     from dataclasses import asdict
 
-    from compiler.runtime.model import pool_percent
     from helpers import SIZES
+
+    from compiler.runtime.model import pool_percent
 
     got = {name: pool_percent(asdict(d), "float16") for name, d in SIZES.items()}
     assert got == {"tiny.en": 1, "base": 1, "small": 1, "medium": 10, "large-v3": 10, "large-v3-turbo": 1}
