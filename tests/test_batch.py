@@ -15,7 +15,7 @@ from conftest import ROOT, mwc
 from test_runtime import EOT, GOOD, N_VOCAB, SENTENCE, SPECIALS, tokenizer  # the scripted vocabulary
 
 from compiler.runtime.audio import N_FRAMES, AudioError
-from compiler.runtime.decoding import DecodingOptions, Progress, transcribe, transcribe_many
+from compiler.runtime.decoding import DecodingOptions, transcribe, transcribe_many
 
 REPEAT = [1] * 40  # " hello" × 40: compression ratio > 2.4, so every temperature is tried
 

@@ -3,9 +3,7 @@ of it) and the manifest's clip selection."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
-import pytest
 
 from compiler import verify
 from compiler.verify import Clip, clips_from_manifest, reference_key, run_verify
