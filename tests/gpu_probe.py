@@ -13,6 +13,8 @@
     python tests/gpu_probe.py steps ARTIFACT [BATCH ...]
                                                      ms per decoder step: captured replay, eager on device inputs,
                                                      greedy_step as the runtime runs it
+    python tests/gpu_probe.py kernels ARTIFACT       one decoder step's kernels under Nsight Compute (eager: the
+                                                     run of 5 steps minus the run of 1, over 4), by time
     python tests/gpu_probe.py enc PIECE BATCH [SIZE]  one encoder piece alone (stem, attn-mojo, attn-max, attn-blas, mlp, mm3d,
                                                      mm2d, core-4d, core-3d-f32, core-3d-f16), ms per call
 taps and enc also run on the CPU (with the CPU plan), to check the probe itself.
@@ -21,6 +23,7 @@ Measured 2026-11-30 (H200, MAX 26.7): mel new kernel 0.095 ms vs 0.099 (80 mels)
 matmul 2.8e-3 rel; memory tiny.en 782 → 2194 MiB (capture) / 917 (no capture); small 1553 → 2197 → 2383 (W30 b1).
 Fourth visit: small b16 attention block 29.7 ms (Mojo) / 28.9 (max), MLP block 0.53, stem 4.96; step replay small
 0.94 ms, tiny.en 0.33; bf16 few-row casts / projections / KV concat read zeros (taps, bf16) — README Benchmarks.
+Sixth visit (kernels, tiny.en fp16): 102 kernels, 501 µs per step, cross-attention 4 × 27 µs.
 """
 
 from __future__ import annotations
@@ -199,11 +202,11 @@ def steps(artifact: str, batches: list[str]) -> None:
         tokens = np.array([prompt] * b, dtype=np.int64)
         rules = pick_rules([], tokens, 0, tk)
         suppress = tuple(sorted(set(m.suppress) | {tk.eot, tk.no_timestamps}))
-        ids, _, _, state, feed = m.greedy_step(tokens, audio, None, rules, suppress)
+        _, _, _, state, feed = m.greedy_step(tokens, audio, None, rules, suppress)
         row = {"batch": b}
         t0 = time.perf_counter()
         for _ in range(n):
-            ids, _, _, state, feed = m.greedy_step(feed, audio, state, rules, suppress)
+            _, _, _, state, feed = m.greedy_step(feed, audio, state, rules, suppress)
         row["greedy_step_ms"] = (time.perf_counter() - t0) / n * 1e3
         state = m.greedy_step(tokens, audio, None, rules, suppress)[3]
         t0 = time.perf_counter()
@@ -425,8 +428,50 @@ def encoder_parts(piece: str, batch: int, size: str = "small") -> None:
 
 
 
+def kernels(artifact: str, n_steps: int | None = None) -> None:
+    """Per-step kernel times: without ``n_steps``, runs itself twice under ncu (1 and 5 eager steps after the prompt)
+    and prints the difference over 4 by kernel; with it, decodes JFK's window for that many steps (the run ncu
+    profiles)."""
+    if n_steps is not None:
+        from compiler.bench import window_30s
+        from compiler.runtime.audio import load_audio
+        from compiler.runtime.decoding import pick_rules, sot_sequence, step_rules
+
+        m = _load(artifact)
+        tk = m.tokenizer
+        audio = m.encode(m.log_mel(window_30s(load_audio(JFK)), padding=0)[None])
+        prompt = np.array([sot_sequence(tk, "en" if tk.languages else None, "transcribe", False)], dtype=np.int64)
+        rules = pick_rules([], prompt, 0, tk)
+        state = m.greedy_step(prompt, audio, None, rules, tuple(m.suppress))[3]
+        m.greedy_steps(state, audio, step_rules(rules), tuple(m.suppress), n_steps)
+        return
+    import collections
+    import csv
+    import glob
+    import io
+
+    ncu = (glob.glob("/opt/nvidia/nsight-compute/*/ncu") + ["ncu"])[0]
+    per_name = []
+    for n in (1, 5):
+        r = subprocess.run([ncu, "--clock-control", "none", "--metrics", "gpu__time_duration.sum", "--csv",
+                            sys.executable, __file__, "kernels", artifact, str(n)], capture_output=True, text=True,
+                           env={**os.environ, "MWC_NO_CAPTURE": "1"}, check=True)
+        rows = [row for row in csv.reader(io.StringIO(r.stdout)) if len(row) > 10]
+        ki, vi = rows[0].index("Kernel Name"), rows[0].index("Metric Value")
+        agg = collections.defaultdict(lambda: [0, 0.0])
+        for row in rows[1:]:
+            agg[row[ki][:90]][0] += 1
+            agg[row[ki][:90]][1] += float(row[vi].replace(",", "")) / 1e3
+        per_name.append(agg)
+    one, five = per_name
+    step = {k: ((v[0] - one[k][0]) / 4, (v[1] - one[k][1]) / 4) for k, v in five.items() if v[0] > one[k][0]}
+    print(f"per step: {sum(c for c, _ in step.values()):.0f} kernels, {sum(t for _, t in step.values()):.1f} us")
+    for k, (c, t) in sorted(step.items(), key=lambda x: -x[1][1])[:30]:
+        print(f"{t:8.1f} us {c:5.1f}x  {k}")
+
+
 def main() -> None:
-    if len(sys.argv) < 2 or sys.argv[1] not in ("mel", "ops", "mem", "steps", "taps", "bf16", "enc"):
+    if len(sys.argv) < 2 or sys.argv[1] not in ("mel", "ops", "mem", "steps", "taps", "bf16", "enc", "kernels"):
         raise SystemExit(__doc__)
     cmd, rest = sys.argv[1], sys.argv[2:]
     if cmd == "mel":
@@ -437,6 +482,8 @@ def main() -> None:
         encoder_parts(rest[0], int(rest[1]), *rest[2:])
     elif cmd == "bf16":
         bf16_pieces()
+    elif cmd == "kernels":
+        kernels(rest[0], int(rest[1]) if len(rest) > 1 else None)
     elif cmd == "taps":
         if len(rest) != 2:
             raise SystemExit("usage: gpu_probe.py taps MODEL fp16|bf16|fp32")
