@@ -80,7 +80,7 @@ def mel_ms(model, audio: np.ndarray, calls: int = 50) -> dict:
 
 def w30(model, audio: np.ndarray, batch: int = 1, n_tokens: int = 100) -> dict:
     """mel + encoder + ``n_tokens`` greedy steps (end-of-text suppressed) on ``batch`` copies of one window."""
-    from .runtime.decoding import pick_rules, sot_sequence, step_rules
+    from .runtime.decoding import graph_picks, sot_sequence
 
     tk = model.tokenizer
     x = window_30s(audio)
@@ -93,18 +93,14 @@ def w30(model, audio: np.ndarray, batch: int = 1, n_tokens: int = 100) -> dict:
     _sync(model)
     t_enc = time.perf_counter()
     tokens = np.array([prompt] * batch, dtype=np.int64)
-    rules = pick_rules([], tokens, 0, tk)
-    ids, _, _, state, _ = model.greedy_step(tokens, audio_features, None, rules, suppress)
-    out = [ids[:, None]]
+    picks = graph_picks(model, tk, [], tokens, audio_features, 0, suppress, n_tokens)  # as the runtime decodes
+    out = [next(picks)[0]]
     t_first = time.perf_counter()
-    rules = step_rules(rules)
-    while sum(o.shape[1] for o in out) < n_tokens:  # as the runtime decodes: several steps per host round trip
-        n = min(model.steps_per_sync, n_tokens - sum(o.shape[1] for o in out))
-        out.append(model.greedy_steps(state, audio_features, rules, suppress, n)[0])
+    out += [ids for ids, _, _ in picks]
     t_end = time.perf_counter()
     return {"seconds": t_end - t0, "mel_ms": (t_mel - t0) * 1e3, "encoder_ms": (t_enc - t_mel) * 1e3,
             "prefill_ms": (t_first - t_enc) * 1e3, "step_ms": (t_end - t_first) / max(1, n_tokens - 1) * 1e3,
-            "tokens": int(np.concatenate(out, axis=1).size)}
+            "tokens": int(np.stack(out, axis=1).size)}
 
 
 def run_mwc(artifact_dir: str | Path, workload: str, files: list, *, batch: int | None = 1, n_tokens: int = 100,

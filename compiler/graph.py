@@ -27,15 +27,10 @@ from max.graph import BufferType, DeviceRef, Graph, Module, StaticDim, TensorTyp
 
 from .checkpoint import ModelDimensions, default_alignment_heads
 from .precision import PrecisionPlan, quant_axis, quantized_weight
+from .runtime.decoding import OPEN_END, PICK_RULES  # the rules' columns, as the runtime fills them
 
 ATTENTION_IMPLS = ("mojo", "max", "flash", "blas")
-# columns of the decoder's ``rules`` input (batch, 14) int64: four token-id intervals [lo, hi) masked to -inf, then
-# 1 to apply openai's timestamp rules, the row of the prompt holding <|startoftranscript|> (for the no-speech
-# probability), the <|nospeech|> id, the first timestamp id, the sample's first position (sample_begin) and
-# <|endoftext|> (the last two: the step graph's own timestamp rules, ``step_rules``)
-PICK_RULES = 14
 NEG = -1e30  # "-inf" for masked logits: finite, so a fully masked range still has a defined log-sum-exp
-OPEN_END = 1 << 40  # an interval's "to the end of the vocabulary" (decoding.OPEN_END)
 
 
 def _dtype(name: str) -> DType:
@@ -178,6 +173,11 @@ class WhisperGraphs:
         out = self.linear(self.merge(a), p + ".attn.out", n, n)
         return out, (k, v)
 
+    @staticmethod
+    def rule_columns(rules: TensorValue) -> list[TensorValue]:
+        """The ``rules`` input (batch, PICK_RULES) as its columns, (batch, 1) each."""
+        return [ops.slice_tensor(rules, [slice(None), slice(k, k + 1)]) for k in range(PICK_RULES)]
+
     def step_rules(self, hist: TensorValue, pos: TensorValue, last: TensorValue, rules: TensorValue) -> TensorValue:
         """A step's pick rules made in the graph from the rows' token history, so that steps can follow each other on
         the device with no host in between: openai's ApplyTimestampRules (decoding.ApplyTimestampRules.intervals)
@@ -187,7 +187,7 @@ class WhisperGraphs:
         """
         i64 = DType.int64
         n = hist.shape[1]
-        col = [ops.slice_tensor(rules, [slice(None), slice(k, k + 1)]) for k in range(PICK_RULES)]  # (B, 1) each
+        col = self.rule_columns(rules)
         on, tb, sb, eot = col[8] > 0, col[11], col[12], col[13]
         iota = ops.unsqueeze(ops.range(0, n, 1, out_dim=n, dtype=i64, device=self.device), 0)  # (1, n)
         last = ops.unsqueeze(last, 0)  # (1, 1)
@@ -217,7 +217,7 @@ class WhisperGraphs:
         i64, f32 = DType.int64, DType.float32
         t_end = ops.shape_to_tensor([logits.shape[1]]).reshape([])
         last = ops.squeeze(ops.slice_tensor(logits, [slice(None), (slice(t_end - 1, t_end), 1), slice(None)]), 1)
-        col = [ops.slice_tensor(rules, [slice(None), slice(k, k + 1)]) for k in range(PICK_RULES)]  # (B, 1) each
+        col = self.rule_columns(rules)
         iota = ops.unsqueeze(ops.range(0, v, 1, out_dim=v, dtype=i64, device=self.device), 0)  # (1, V)
         neg = ops.constant(NEG, f32, self.device)
         mask = None

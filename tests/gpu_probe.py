@@ -435,15 +435,13 @@ def kernels(artifact: str, n_steps: int | None = None) -> None:
     if n_steps is not None:
         from compiler.bench import window_30s
         from compiler.runtime.audio import load_audio
-        from compiler.runtime.decoding import pick_rules, sot_sequence, step_rules
+        from compiler.runtime.decoding import graph_picks, sot_sequence
 
         m = _load(artifact)
         tk = m.tokenizer
         audio = m.encode(m.log_mel(window_30s(load_audio(JFK)), padding=0)[None])
         prompt = np.array([sot_sequence(tk, "en" if tk.languages else None, "transcribe", False)], dtype=np.int64)
-        rules = pick_rules([], prompt, 0, tk)
-        state = m.greedy_step(prompt, audio, None, rules, tuple(m.suppress))[3]
-        m.greedy_steps(state, audio, step_rules(rules), tuple(m.suppress), n_steps)
+        list(graph_picks(m, tk, [], prompt, audio, 0, tuple(m.suppress), n_steps + 1))  # the prompt, then n steps
         return
     import collections
     import csv

@@ -12,7 +12,7 @@ compiled MAX artifact (``runtime.model``) and the numpy float64 reference (``com
 that also has ``greedy_step`` (the compiled one) gets the filters as data (``pick_rules``) and picks greedy tokens
 inside its decoder graph, so no logits reach the host; after the prompt's call its step graph also makes the
 timestamp rules from the tokens it keeps, so ``greedy_steps`` runs several steps per host round trip
-(``_graph_picks``).
+(``graph_picks``).
 
 Many files at once: each file's window loop (``_window_loop``) is a generator that yields a ``WindowRequest`` per
 decoding attempt; ``transcribe_many`` runs up to ``batch_size`` of them and decodes their requests together, one
@@ -79,7 +79,11 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 
 
 OPEN_END = 1 << 40  # "to the end of the vocabulary" for an interval's upper bound
-PICK_RULES = 14  # columns of the decoder graphs' rules (graph.PICK_RULES)
+# columns of the decoder graphs' ``rules`` input (batch, 14) int64: four token-id intervals [lo, hi) masked to -inf,
+# then 1 to apply openai's timestamp rules, the row of the prompt holding <|startoftranscript|> (for the no-speech
+# probability), the <|nospeech|> id, the first timestamp id, the sample's first position (sample_begin) and
+# <|endoftext|> (the last two: the step graph's own timestamp rules, graph.WhisperGraphs.step_rules)
+PICK_RULES = 14
 
 
 class LogitFilter:
@@ -161,7 +165,7 @@ class ApplyTimestampRules(LogitFilter):
 
 
 def pick_rules(filters: list[LogitFilter], tokens: np.ndarray, sot_index: int, tokenizer: Tokenizer) -> np.ndarray:
-    """The filters' per-row data for the decoder graph's in-graph pick (graph.PICK_RULES columns). ``sot_index``
+    """The filters' per-row data for the decoder graph's in-graph pick (``PICK_RULES`` columns). ``sot_index``
     indexes the tokens of this call: the prompt's SOT position on the first call, 0 on later ones (t = 1). On the
     prompt's call ``tokens`` is the prompt, so its length is where the sample begins (the step graph's timestamp
     rules read that column; see ``step_rules``)."""
@@ -464,7 +468,7 @@ def decode_windows(model, tokenizer: Tokenizer, requests: list[WindowRequest], s
     greedy_graph = temperature == 0 and hasattr(model, "greedy_step")
     if greedy_graph:  # the compiled decoder applies the same filters and picks the token: no logits reach the host
         suppress_all = tuple(sorted({i for f in filters for i in f.suppress}))
-        picks = _graph_picks(model, tokenizer, filters, tokens, audio, sot_index, suppress_all, sample_len)
+        picks = graph_picks(model, tokenizer, filters, tokens, audio, sot_index, suppress_all, sample_len)
     for i in range(sample_len):
         if greedy_graph:
             next_ids, step_logprob, nospeech = next(picks)
@@ -497,8 +501,8 @@ def decode_windows(model, tokenizer: Tokenizer, requests: list[WindowRequest], s
                     languages[k], temperature) for k in range(n_rows)]
 
 
-def _graph_picks(model, tokenizer: Tokenizer, filters: list, prompt: np.ndarray, audio, sot_index: int,
-                 suppress: tuple[int, ...], sample_len: int):
+def graph_picks(model, tokenizer: Tokenizer, filters: list, prompt: np.ndarray, audio, sot_index: int,
+                suppress: tuple[int, ...], sample_len: int):
     """The compiled greedy decoder's picks, one step at a time: (ids (batch,), log-probs, no-speech log-probs on the
     first step, else None). After the prompt's call the steps run ``model.steps_per_sync`` at a time on the device
     (``greedy_steps``); the caller stops reading when every row has ended, and a run's steps past that are unused."""

@@ -158,7 +158,7 @@ class Whisper:
         self.load_seconds = time.perf_counter() - t0
         self._empty_caches: dict = {}  # batch → an empty KV cache (decode's first call)
         self._biases: dict = {}
-        self._kv: dict = {}  # batch → the step graph's buffers (K and V caches, token and log-prob history)
+        self._step_bufs: dict = {}  # batch → the step graph's buffers (K and V caches, token and log-prob history)
         self._captured: dict = {}  # batch → the captured step graph's inputs and outputs
         self._capture = os.environ.get("MWC_NO_CAPTURE", "") in ("", "0")
         self.steps_per_sync = int(os.environ.get("MWC_STEPS_PER_SYNC") or STEPS_PER_SYNC[m["device"]])
@@ -218,7 +218,7 @@ class Whisper:
         their log-probs, log p(nospeech) at the SOT row (on the prompt's call; None after), the cache state and the
         ids as the next ``tokens``. ``greedy_steps`` runs the steps after the prompt several at a time."""
         batch, t = tokens.shape[0], tokens.shape[1]
-        state = cache if isinstance(cache, _StepState) else _StepState(self._kv_buffers(batch))
+        state = cache if isinstance(cache, _StepState) else _StepState(self._step_buffers(batch))
         if state.pos + t > self.dims["n_text_ctx"]:
             raise ValueError(f"{state.pos + t} tokens exceed the decoder's context of {self.dims['n_text_ctx']}")
         if isinstance(tokens, np.ndarray):
@@ -264,10 +264,10 @@ class Whisper:
         return [tokens, np.array([state.pos], dtype=np.int64), audio["cross_k"], audio["cross_v"],
                 self._bias(suppress), rules, *state.buffers]
 
-    def _kv_buffers(self, batch: int):
+    def _step_buffers(self, batch: int):
         """The step graph's buffers for this batch size, allocated once and reused by every sequence: the K and V
         caches and the token and log-prob history (one more position than the context: the last pick)."""
-        if batch not in self._kv:
+        if batch not in self._step_bufs:
             from max.driver import CPU, Buffer
             from max.dtype import DType
 
@@ -276,9 +276,9 @@ class Whisper:
             dt = getattr(DType, self.manifest["precision"]["kv_cache"])
             dev = self.device or CPU()
             hist = (batch, d["n_text_ctx"] + 1)
-            self._kv[batch] = (Buffer(dt, shape, device=dev), Buffer(dt, shape, device=dev),
-                               Buffer(DType.int64, hist, device=dev), Buffer(DType.float32, hist, device=dev))
-        return self._kv[batch]
+            self._step_bufs[batch] = (Buffer(dt, shape, device=dev), Buffer(dt, shape, device=dev),
+                                      Buffer(DType.int64, hist, device=dev), Buffer(DType.float32, hist, device=dev))
+        return self._step_bufs[batch]
 
     def _replay(self, batch: int, args: list, n: int = 1):
         """Run ``n`` t = 1 steps as a captured device graph replayed ``n`` times, each replay's pick and position
