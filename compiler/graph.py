@@ -31,6 +31,8 @@ from .runtime.decoding import OPEN_END, PICK_RULES  # the rules' columns, as the
 
 ATTENTION_IMPLS = ("mojo", "max", "flash", "blas")
 NEG = -1e30  # "-inf" for masked logits: finite, so a fully masked range still has a defined log-sum-exp
+CROSS_SPLIT_KEYS = 128  # ops/attention.mojo SPLIT_KEYS: keys per block of the split cross-attention step
+CROSS_PART = 66  # ops/attention.mojo PART: floats per block's partial state (64 columns, max, sum)
 
 
 def _dtype(name: str) -> DType:
@@ -50,6 +52,7 @@ class WhisperGraphs:
         # k=3 convolutions run as im2col + matmul instead
         self.conv_impl = "conv2d" if device == DeviceRef.CPU() else "matmul"
         self.conv_dtype = _dtype(plan.conv)  # fp32 for bf16 on the CPU: see precision.plan_for
+        self.fused_pick = device != DeviceRef.CPU()  # the greedy pick as one Mojo kernel (ops/pick.mojo), GPU only
         self.graph: Graph | None = None
 
     def extensions(self, ops_dir: Path, decoder: bool = False) -> list[Path]:
@@ -120,14 +123,28 @@ class WhisperGraphs:
         s = self.cast((q @ ops.permute(k, [0, 1, 3, 2])) * scale, _dtype(self.plan.softmax))
         return self.cast(ops.softmax(s), v.dtype) @ v
 
-    def cross_attention(self, q: TensorValue, cross_k: TensorValue, cross_v: TensorValue, i: int) -> TensorValue:
-        """q (B, H, T, 64) against layer ``i`` of the stacked cross K/V (layers, B, H, n_audio, 64). The Mojo op
-        reads the layer where it lies: sliced in the graph (``cross_k[i]``), MAX copied every layer's K and V on
-        every decoder step. A plan whose KV cache is wider than the matmuls casts the slice, as before."""
-        if cross_k.dtype != q.dtype:
-            return self.attention(q, self.cast(cross_k[i], q.dtype), self.cast(cross_v[i], q.dtype))
-        return ops.custom("mwc_layer_attention", self.device, [q, cross_k, cross_v],
-                          [TensorType(q.dtype, q.shape, self.device)], parameters={"layer": i})[0].tensor
+    def cross_attention(self, x: TensorValue, cross_k: TensorValue, cross_v: TensorValue, i: int) -> TensorValue:
+        """The projected queries x (B, T, H*64) against layer ``i`` of the stacked cross K/V (layers, B, H, n_audio,
+        64) → (B, T, H*64). The Mojo op reads the layer where it lies (sliced in the graph, ``cross_k[i]``, MAX copied
+        every layer's K and V on every decoder step) and takes q and writes its output as (B, T, H, 64), so the
+        heads need no transposes around it. A plan whose KV cache is wider than the matmuls casts the slice.
+
+        The op's second output is the GPU's flash-decoding scratch: a step's query (T = 1) splits the n_audio keys
+        over S blocks of CROSS_SPLIT_KEYS, each leaving (64 unnormalized columns, max, sum) for a combine kernel —
+        B·H·S blocks instead of B·H (tiny.en at batch 1: 72 instead of 6 on a 132-SM H200). The CPU takes S = 1
+        (unused)."""
+        h = self.dims.n_text_head
+        if cross_k.dtype != x.dtype:
+            q = self.heads(x, h)
+            return self.merge(self.attention(q, self.cast(cross_k[i], q.dtype), self.cast(cross_v[i], q.dtype)))
+        b, t, n = x.shape
+        q = ops.reshape(x, [b, t, h, int(n) // h])
+        splits = 1 if self.device == DeviceRef.CPU() else -(-self.dims.n_audio_ctx // CROSS_SPLIT_KEYS)
+        out_t = [TensorType(q.dtype, q.shape, self.device),
+                 TensorType(DType.float32, [b, h, splits, CROSS_PART], self.device)]
+        o = ops.custom("mwc_layer_attention", self.device, [q, cross_k, cross_v], out_t,
+                       parameters={"layer": i, "bthd": True})[0].tensor
+        return ops.reshape(o, [b, t, n])
 
     def conv3(self, x: TensorValue, name: str, n_in: int, n_out: int, stride: int) -> TensorValue:
         """openai's Conv1d(k=3, padding=1, stride) + GELU on time-major (B, T, n_in) → (B, T', n_out)."""
@@ -212,7 +229,14 @@ class WhisperGraphs:
         """The greedy choice on the last position: openai's logit filters (decoding.py) as masks, then argmax.
 
         Returns the next ids (B, 1) int64, their log-probs (B, 1) and log p(<|nospeech|>) at the SOT row (B, 1).
+        On a GPU the same arithmetic is one Mojo kernel (ops/pick.mojo ``mwc_pick``: one pass over the vocabulary
+        per row instead of about eight reductions, each a kernel launch of a few µs in every decoder step).
         """
+        if self.fused_pick:
+            b = logits.shape[0]
+            out_t = [TensorType(DType.int64, [b, 1], self.device), TensorType(DType.float32, [b, 1], self.device),
+                     TensorType(DType.float32, [b, 1], self.device)]
+            return tuple(x.tensor for x in ops.custom("mwc_pick", self.device, [logits, bias, rules], out_t))
         v = self.dims.n_vocab
         i64, f32 = DType.int64, DType.float32
         t_end = ops.shape_to_tensor([logits.shape[1]]).reshape([])
@@ -300,9 +324,9 @@ class WhisperGraphs:
             x = x + self.cast(self_attn(i, self.layer_norm(x, p + ".attn_ln", n)), self.res)
             tap(x)
             h = self.layer_norm(x, p + ".cross_attn_ln", n)
-            q = self.heads(self.linear(h, p + ".cross_attn.query", n, n), d.n_text_head)
-            x = x + self.cast(self.linear(self.merge(self.cross_attention(q, cross_k, cross_v, i)),
-                                          p + ".cross_attn.out", n, n), self.res)
+            q = self.linear(h, p + ".cross_attn.query", n, n)
+            x = x + self.cast(self.linear(self.cross_attention(q, cross_k, cross_v, i), p + ".cross_attn.out", n, n),
+                              self.res)
             tap(x)
             x = x + self.cast(self.mlp(self.layer_norm(x, p + ".mlp_ln", n), p, n), self.res)
             tap(x)
@@ -371,14 +395,15 @@ class WhisperGraphs:
                                         device=self.device)
             last = ops.max(positions, axis=-1)  # (1,): the last fed token's position; the pick goes one past it
 
-            def self_attn(i, h):
+            def self_attn(i, h):  # q, k, v and the output as (B, T, H, 64): no transposes around the op
                 p = f"decoder.blocks.{i}"
                 q, k, v = ops.split(self.linear(h, p + ".attn.qkv", 3 * n, n), [n, n, n], axis=-1)
-                q, k, v = (self.cast(self.heads(z, d.n_text_head), kv) for z in (q, k, v))
+                b, t = h.shape[0], h.shape[1]
+                q, k, v = (self.cast(ops.reshape(z, [b, t, d.n_text_head, dh]), kv) for z in (q, k, v))
                 a = ops.inplace_custom("mwc_cached_attention", self.device, [k_buf, v_buf, q, k, v, pos],
                                        out_types=[TensorType(kv, q.shape, self.device)],
-                                       parameters={"layer": i})[0].tensor
-                return self.linear(self.merge(self.cast(a, self.act)), p + ".attn.out", n, n)
+                                       parameters={"layer": i, "bthd": True})[0].tensor
+                return self.linear(ops.reshape(self.cast(a, self.act), [b, t, n]), p + ".attn.out", n, n)
 
             # the history is written whole, position by position (a slice store at a device-resident position
             # would need the position on the host: one sync per step, which capture cannot hold)
@@ -444,16 +469,17 @@ class AuxGraphs(WhisperGraphs):
                                    self.heads(v, d.n_text_head), causal=True)
                 x = x + self.cast(self.linear(self.merge(a), p + ".attn.out", n, n), self.res)
                 h = self.layer_norm(x, p + ".cross_attn_ln", n)
-                q = self.heads(self.linear(h, p + ".cross_attn.query", n, n), d.n_text_head)
+                xq = self.linear(h, p + ".cross_attn.query", n, n)
                 wanted = [hd for (layer, hd) in heads if layer == i]
                 if wanted:
+                    q = self.heads(xq, d.n_text_head)
                     ck = self.cast(self.cast(cross_k[i], self.act), DType.float32)
                     qk = (self.cast(q, DType.float32) @ ops.permute(ck, [0, 1, 3, 2])) * (
                         1.0 / float(dh) ** 0.5)  # (1, H, t, n_audio)
                     for hd in wanted:
                         scores[(i, hd)] = qk[0, hd]
-                x = x + self.cast(self.linear(self.merge(self.cross_attention(q, cross_k, cross_v, i)),
-                                              p + ".cross_attn.out", n, n), self.res)
+                x = x + self.cast(self.linear(self.cross_attention(xq, cross_k, cross_v, i), p + ".cross_attn.out",
+                                              n, n), self.res)
                 x = x + self.cast(self.mlp(self.layer_norm(x, p + ".mlp_ln", n), p, n), self.res)
             x = self.layer_norm(x, "decoder.ln", n)
             lg = _dtype(self.plan.logits)

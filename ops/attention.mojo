@@ -26,6 +26,9 @@
 #     max/sum reductions for the online softmax, each lane owns D/32 output
 #     columns and accumulates P V with the tile's probabilities broadcast by
 #     warp shuffles. fp32 accumulation, any float dtype, D <= GPU_MAX_D.
+#   * one query row (a decoder step, Tq = 1) with D = 64: `_attn_decode64_gpu_kernel`, the keys split over the
+#     block's warps; given a scratch (mwc_layer_attention's second output), the decoder's cross-attention also
+#     splits its 1500 keys over S blocks per (b, h) (flash-decoding) and `_attn_combine64_gpu_kernel` merges them.
 
 import extensibility
 from extensibility import InputTensor, OutputTensor
@@ -698,46 +701,72 @@ def _attn_decode_gpu_kernel[
 
 comptime D64_VW = 8  # elements per vector load of a 64-wide row (16 bytes in fp16/bf16)
 comptime DW64 = 8  # warps per block of the head-dim-64 decode kernel (256 threads: room for its registers)
+comptime SPLIT_W = 4  # warps per block of the split-key decode kernel
+comptime SPLIT_KEYS = SPLIT_W * GKT  # keys per block of the split-key kernel: one 32-key tile per warp
+comptime PART = 64 + 2  # one block's partial state in the split scratch: 64 unnormalized columns, max m, sum l
 
 
 def _attn_decode64_gpu_kernel[
-    dtype: DType, dyn: Bool
+    dtype: DType, dyn: Bool, NW: Int, split: Bool, kv_in: Bool = False
 ](
     qp: Pointer[Scalar[dtype], MutAnyOrigin],
     kp: Pointer[Scalar[dtype], MutAnyOrigin],
     vp: Pointer[Scalar[dtype], MutAnyOrigin],
     op: Pointer[Scalar[dtype], MutAnyOrigin],
     posp: Pointer[Int64, MutAnyOrigin],
+    partp: Pointer[Float32, MutAnyOrigin],
+    knp: Pointer[Scalar[dtype], MutAnyOrigin],
+    vnp: Pointer[Scalar[dtype], MutAnyOrigin],
+    kn0: Int64, kn1: Int64, vn0: Int64, vn1: Int64,
     H: Int32,
     Tk: Int32,
+    S: Int32,
+    kpb: Int32,
     qs0: Int64, qs1: Int64,
     ks0: Int64, ks1: Int64, ks2: Int64,
     vs0: Int64, vs1: Int64, vs2: Int64,
     os0: Int64, os1: Int64,
     scale: Float32,
 ):
-    """One query row against Tk keys for head dim 64 (every Whisper size), latency-tuned: the block's DW64 warps
-    take 32-key tiles w, w + DW, ...; lane r scores key j0 + r on its own (the key row in 8 independent vector
-    loads, q in registers) so a tile costs one round of loads instead of 32 dependent load+reduce steps; P V
-    then broadcasts each probability and every lane accumulates two adjacent output columns from one coalesced
-    128-byte row read, unrolled over the tile's 32 keys so the loads pipeline. Warps merge through shared memory.
-    The host only takes this path when every row start is 16-byte aligned (strides multiples of 8)."""
+    """One query row against Tk keys for head dim 64 (every Whisper size), latency-tuned. Block (b, h, s) takes
+    keys [s * kpb, (s + 1) * kpb) (S = 1, kpb = Tk: all of them); its NW warps take 32-key tiles w, w + NW, ...;
+    lane r scores key j0 + r on its own (the key row in 8 independent vector loads, q in registers) so a tile costs
+    one round of loads instead of 32 dependent load+reduce steps; P V then broadcasts each probability and every
+    lane accumulates two adjacent output columns from one coalesced 128-byte row read, unrolled over the tile's
+    32 keys so the loads pipeline. Warps merge through shared memory. With `split` (flash-decoding: a decoder
+    step's cross-attention has B * H blocks' worth of rows and 1500 keys) the block writes its unnormalized
+    (acc[64], m, l) to partp[(b, h, s)] and `_attn_combine64_gpu_kernel` merges the S blocks; else it writes the
+    output. With `kv_in` (a cached self-attention step, dyn) the block first writes its row's new key and value
+    (knp, vnp at (b, h)) into the cache at slot pos — the KV write kernels folded in. The host only takes this path
+    when every row start is 16-byte aligned (strides multiples of 8)."""
     comptime D = 64
     comptime NV = D // D64_VW
     comptime PS = D + 2  # one warp's partial state: 64 columns, m, l
-    var part = stack_allocation[DW64 * PS, Float32, address_space=AddressSpace.SHARED]()
+    var part = stack_allocation[NW * PS, Float32, address_space=AddressSpace.SHARED]()
     var tid = Int(thread_idx.x)
     var w = tid // 32
     var lane = tid - w * 32
-    var bh = Int(block_idx.x)
+    var bhs = Int(block_idx.x)
+    var bh = bhs // Int(S)
     var b = bh // Int(H)
     var h = bh - b * Int(H)
     var tk = Int(Tk)
     comptime if dyn:
         tk = Int(posp[unsafe_offset=0]) + 1
+    var jlo = (bhs - bh * Int(S)) * Int(kpb)
+    var jhi = min(jlo + Int(kpb), tk)
     var qbase = b * Int(qs0) + h * Int(qs1)
     var kbase = b * Int(ks0) + h * Int(ks1)
     var vbase = b * Int(vs0) + h * Int(vs1)
+    comptime if kv_in:
+        var slot = tk - 1
+        if tid < D:
+            kp[unsafe_offset=kbase + slot * Int(ks2) + tid] = knp[unsafe_offset=b * Int(kn0) + h * Int(kn1) + tid]
+        elif tid < 2 * D:
+            vp[unsafe_offset=vbase + slot * Int(vs2) + tid - D] = vnp[
+                unsafe_offset=b * Int(vn0) + h * Int(vn1) + tid - D
+            ]
+        barrier()
     comptime VA = D64_VW * size_of[dtype]()  # alignment of a vector load
     var qv = Array[SIMD[F32, D64_VW], NV](fill=0)
     comptime for c in range(NV):
@@ -745,11 +774,11 @@ def _attn_decode64_gpu_kernel[
     var m_run = Float32(NEG_BIG)
     var l_run: Float32 = 0
     var acc = SIMD[F32, 2](0)  # output columns 2 * lane, 2 * lane + 1
-    var j0 = w * GKT
-    while j0 < tk:
+    var j0 = jlo + w * GKT
+    while j0 < jhi:
         var j = j0 + lane
         var s = Float32(NEG_BIG)
-        if j < tk:
+        if j < jhi:
             var krow = kbase + j * Int(ks2)
             var t = SIMD[F32, D64_VW](0)
             comptime for c in range(NV):
@@ -758,23 +787,23 @@ def _attn_decode64_gpu_kernel[
         var m_new = max(m_run, warp.max(s))
         var alpha = exp(m_run - m_new)
         var pj: Float32 = 0
-        if j < tk:
+        if j < jhi:
             pj = exp(s - m_new)
         l_run = l_run * alpha + warp.sum(pj)
         m_run = m_new
         acc = acc * alpha
         var vcol = vbase + 2 * lane
-        if j0 + GKT <= tk:
+        if j0 + GKT <= jhi:
             comptime for r in range(GKT):
                 var pr = warp.shuffle_idx(pj, UInt32(r))
                 var vx = vp.unsafe_load[width=2, alignment=2 * size_of[dtype]()](vcol + (j0 + r) * Int(vs2))
                 acc = SIMD[F32, 2](pr).fma(vx.cast[F32](), acc)
         else:
-            for r in range(tk - j0):
+            for r in range(jhi - j0):
                 var pr = warp.shuffle_idx(pj, UInt32(r))
                 var vx = vp.unsafe_load[width=2, alignment=2 * size_of[dtype]()](vcol + (j0 + r) * Int(vs2))
                 acc = SIMD[F32, 2](pr).fma(vx.cast[F32](), acc)
-        j0 += DW64 * GKT
+        j0 += NW * GKT
     var rowp = w * PS
     part[unsafe_offset=rowp + 2 * lane] = acc[0]
     part[unsafe_offset=rowp + 2 * lane + 1] = acc[1]
@@ -784,22 +813,78 @@ def _attn_decode64_gpu_kernel[
     barrier()
     if w == 0:
         var mm = Float32(NEG_BIG)
-        for i in range(DW64):
+        for i in range(NW):
             mm = max(mm, part[unsafe_offset=i * PS + D])
         var ll: Float32 = 0
         var o = SIMD[F32, 2](0)
-        for i in range(DW64):
+        for i in range(NW):
             var f = exp(part[unsafe_offset=i * PS + D] - mm)
             ll += part[unsafe_offset=i * PS + D + 1] * f
             o[0] += part[unsafe_offset=i * PS + 2 * lane] * f
             o[1] += part[unsafe_offset=i * PS + 2 * lane + 1] * f
-        var inv = Float32(1) / ll if ll > 0 else Float32(0)
-        var obase = b * Int(os0) + h * Int(os1)
-        op.unsafe_store[alignment=2 * size_of[dtype]()](obase + 2 * lane, (o * inv).cast[dtype]())
+        comptime if split:
+            var pbase = bhs * PART
+            partp.unsafe_store[alignment=8](pbase + 2 * lane, o)
+            if lane == 0:
+                partp[unsafe_offset=pbase + D] = mm
+                partp[unsafe_offset=pbase + D + 1] = ll
+        else:
+            var inv = Float32(1) / ll if ll > 0 else Float32(0)
+            var obase = b * Int(os0) + h * Int(os1)
+            op.unsafe_store[alignment=2 * size_of[dtype]()](obase + 2 * lane, (o * inv).cast[dtype]())
+
+
+def _attn_combine64_gpu_kernel[
+    dtype: DType
+](
+    partp: Pointer[Float32, MutAnyOrigin],
+    op: Pointer[Scalar[dtype], MutAnyOrigin],
+    H: Int32,
+    S: Int32,
+    os0: Int64, os1: Int64,
+):
+    """Merges the S partial states of row (b, h) = block_idx.x written by the split decode kernel into the output;
+    one warp, lane r owns columns 2r, 2r + 1."""
+    comptime D = 64
+    var lane = Int(thread_idx.x)
+    var bh = Int(block_idx.x)
+    var b = bh // Int(H)
+    var h = bh - b * Int(H)
+    var base = bh * Int(S) * PART
+    var mm = Float32(NEG_BIG)
+    for s in range(Int(S)):
+        mm = max(mm, partp[unsafe_offset=base + s * PART + D])
+    var ll: Float32 = 0
+    var o = SIMD[F32, 2](0)
+    for s in range(Int(S)):
+        var f = exp(partp[unsafe_offset=base + s * PART + D] - mm)
+        ll += partp[unsafe_offset=base + s * PART + D + 1] * f
+        o = SIMD[F32, 2](f).fma(partp.unsafe_load[width=2, alignment=8](base + s * PART + 2 * lane), o)
+    var inv = Float32(1) / ll if ll > 0 else Float32(0)
+    var obase = b * Int(os0) + h * Int(os1)
+    op.unsafe_store[alignment=2 * size_of[dtype]()](obase + 2 * lane, (o * inv).cast[dtype]())
 
 
 def _aligned8(s: IndexList[3]) -> Bool:
     return s[0] % D64_VW == 0 and s[1] % D64_VW == 0 and s[2] % D64_VW == 0
+
+
+def _decode64_ok[
+    dtype: DType
+](
+    qp: Pointer[Scalar[dtype], MutAnyOrigin],
+    kp: Pointer[Scalar[dtype], MutAnyOrigin],
+    vp: Pointer[Scalar[dtype], MutAnyOrigin],
+    op: Pointer[Scalar[dtype], MutAnyOrigin],
+    qs: IndexList[3],
+    ks: IndexList[3],
+    vs: IndexList[3],
+    os: IndexList[3],
+) -> Bool:
+    """Whether every row start is 16-byte aligned: `_attn_decode64_gpu_kernel`'s vector loads need it."""
+    return _aligned8(qs) and _aligned8(ks) and _aligned8(vs) and _aligned8(os) and (
+        Int(qp) | Int(kp) | Int(vp) | Int(op)
+    ) % (D64_VW * size_of[dtype]()) == 0
 
 
 def attention_gpu[
@@ -820,17 +905,37 @@ def attention_gpu[
     vs: IndexList[3],
     os: IndexList[3],
     ctx: DeviceContext,
+    partp: Pointer[Float32, MutAnyOrigin],
+    n_part: Int,
 ) raises:
+    """`partp`: scratch for n_part partial softmax states (PART floats) per (b, h) row — lets a one-query call split
+    its keys over n_part blocks (flash-decoding); n_part = 0: no split."""
     if B * H * Tq == 0:
         return
     if D > GPU_MAX_D:
         raise Error("mwc_attention: GPU path supports head dim <= 128")
     var scale = Float32(1) / sqrt(Float32(D))
-    if Tq == 1 and D == 64 and _aligned8(qs) and _aligned8(ks) and _aligned8(vs) and _aligned8(os) and (
-        Int(qp) | Int(kp) | Int(vp) | Int(op)
-    ) % (D64_VW * size_of[dtype]()) == 0:
-        ctx.enqueue_function[_attn_decode64_gpu_kernel[dtype, dyn]](
-            qp, kp, vp, op, posp, Int32(H), Int32(Tk),
+    if Tq == 1 and D == 64 and _decode64_ok[dtype](qp, kp, vp, op, qs, ks, vs, os):
+        # flash-decoding when the caller gave a scratch of n_part states per row and the keys fill > 1 block
+        var kpb = ((Tk + n_part - 1) // n_part + GKT - 1) // GKT * GKT if n_part > 1 else Tk
+        if not dyn and n_part > 1 and kpb < Tk:
+            var S = (Tk + kpb - 1) // kpb
+            ctx.enqueue_function[_attn_decode64_gpu_kernel[dtype, dyn, SPLIT_W, True]](
+                qp, kp, vp, op, posp, partp, qp, qp, Int64(0), Int64(0), Int64(0), Int64(0), Int32(H), Int32(Tk), Int32(S), Int32(kpb),
+                Int64(qs[0]), Int64(qs[1]),
+                Int64(ks[0]), Int64(ks[1]), Int64(ks[2]),
+                Int64(vs[0]), Int64(vs[1]), Int64(vs[2]),
+                Int64(os[0]), Int64(os[1]),
+                scale,
+                grid_dim=B * H * S, block_dim=SPLIT_W * 32,
+            )
+            ctx.enqueue_function[_attn_combine64_gpu_kernel[dtype]](
+                partp, op, Int32(H), Int32(S), Int64(os[0]), Int64(os[1]),
+                grid_dim=B * H, block_dim=32,
+            )
+            return
+        ctx.enqueue_function[_attn_decode64_gpu_kernel[dtype, dyn, DW64, False]](
+            qp, kp, vp, op, posp, partp, qp, qp, Int64(0), Int64(0), Int64(0), Int64(0), Int32(H), Int32(Tk), Int32(1), Int32(Tk),
             Int64(qs[0]), Int64(qs[1]),
             Int64(ks[0]), Int64(ks[1]), Int64(ks[2]),
             Int64(vs[0]), Int64(vs[1]), Int64(vs[2]),
@@ -936,7 +1041,7 @@ struct MwcAttention:
         else:
             attention_gpu[dtype, causal](
                 qp, kp, vp, op, rebind[Pointer[Int64, MutAnyOrigin]](qp),
-                B, H, Tq, Tk, D, qs, ks, vs, os, ctx,
+                B, H, Tq, Tk, D, qs, ks, vs, os, ctx, rebind[Pointer[Float32, MutAnyOrigin]](qp), 0,
             )
 
 
@@ -950,17 +1055,21 @@ struct MwcLayerAttention:
         dtype: DType,
         //,
         layer: Int,
+        bthd: Bool,
         target: StaticString,
     ](
         out_t: OutputTensor[dtype=dtype, rank=4, ...],
+        part: OutputTensor[dtype=DType.float32, rank=4, ...],
         q: InputTensor[dtype=dtype, rank=4, ...],
         k: InputTensor[dtype=dtype, rank=5, ...],
         v: InputTensor[dtype=dtype, rank=5, ...],
         ctx: DeviceContext,
     ) raises:
+        comptime hd = 2 if bthd else 1  # q, out: (B, T, H, D) with bthd, else (B, H, T, D)
+        comptime td = 3 - hd
         var B = q.dim_size(0)
-        var H = q.dim_size(1)
-        var Tq = q.dim_size(2)
+        var H = q.dim_size(hd)
+        var Tq = q.dim_size(td)
         var D = q.dim_size(3)
         var Tk = k.dim_size(3)
         if (
@@ -974,11 +1083,14 @@ struct MwcLayerAttention:
             or k.dim_size(4) != D
             or v.dim_size(4) != D
             or out_t.dim_size(0) != B
-            or out_t.dim_size(1) != H
-            or out_t.dim_size(2) != Tq
+            or out_t.dim_size(hd) != H
+            or out_t.dim_size(td) != Tq
             or out_t.dim_size(3) != D
+            or part.dim_size(0) != B
+            or part.dim_size(1) != H
+            or part.dim_size(3) != PART
         ):
-            raise Error("mwc_layer_attention: shape mismatch between q, k, v, out")
+            raise Error("mwc_layer_attention: shape mismatch between q, k, v, out, part")
         if (
             q.stride_length(3) != 1
             or k.stride_length(4) != 1
@@ -986,10 +1098,10 @@ struct MwcLayerAttention:
             or out_t.stride_length(3) != 1
         ):
             raise Error("mwc_layer_attention: innermost dim must be contiguous")
-        var qs = IndexList[3](q.stride_length(0), q.stride_length(1), q.stride_length(2))
+        var qs = IndexList[3](q.stride_length(0), q.stride_length(hd), q.stride_length(td))
         var ks = IndexList[3](k.stride_length(1), k.stride_length(2), k.stride_length(3))
         var vs = IndexList[3](v.stride_length(1), v.stride_length(2), v.stride_length(3))
-        var os = IndexList[3](out_t.stride_length(0), out_t.stride_length(1), out_t.stride_length(2))
+        var os = IndexList[3](out_t.stride_length(0), out_t.stride_length(hd), out_t.stride_length(td))
         var qp = rebind[Pointer[Scalar[dtype], MutAnyOrigin]](q.unsafe_ptr())
         var kp = rebind[Pointer[Scalar[dtype], MutAnyOrigin]](k.unsafe_ptr()).unsafe_offset(layer * k.stride_length(0))
         var vp = rebind[Pointer[Scalar[dtype], MutAnyOrigin]](v.unsafe_ptr()).unsafe_offset(layer * v.stride_length(0))
@@ -997,8 +1109,15 @@ struct MwcLayerAttention:
         comptime if target == "cpu":
             attention_cpu[dtype, False](qp, kp, vp, op, B, H, Tq, Tk, D, qs, ks, vs, os, ctx)
         else:
+            var pp = rebind[Pointer[Float32, MutAnyOrigin]](part.unsafe_ptr())
+            var S = part.dim_size(2)
+            var dense = part.stride_length(3) == 1 and part.stride_length(2) == PART and (
+                part.stride_length(1) == S * PART and part.stride_length(0) == H * S * PART
+            )
+            var n_part = S if dense else 0
             attention_gpu[dtype, False](
                 qp, kp, vp, op, rebind[Pointer[Int64, MutAnyOrigin]](qp), B, H, Tq, Tk, D, qs, ks, vs, os, ctx,
+                pp, n_part,
             )
 
 
@@ -1067,6 +1186,7 @@ struct MwcCachedAttention:
         dtype: DType,
         //,
         layer: Int,
+        bthd: Bool,
         target: StaticString,
     ](
         out_t: OutputTensor[dtype=dtype, rank=4, ...],
@@ -1078,24 +1198,26 @@ struct MwcCachedAttention:
         pos: InputTensor[dtype=DType.int64, rank=1, ...],
         ctx: DeviceContext,
     ) raises:
+        comptime hd = 2 if bthd else 1  # q, k, v, out: (B, T, H, D) with bthd, else (B, H, T, D)
+        comptime td = 3 - hd
         var B = q.dim_size(0)
-        var H = q.dim_size(1)
-        var T = q.dim_size(2)
+        var H = q.dim_size(hd)
+        var T = q.dim_size(td)
         var D = q.dim_size(3)
         var CTX = kc.dim_size(3)
         if (
             kc.dim_size(1) != B or kc.dim_size(2) != H or kc.dim_size(4) != D
             or vc.dim_size(1) != B or vc.dim_size(2) != H or vc.dim_size(3) != CTX
-            or k.dim_size(2) != T or v.dim_size(2) != T
+            or k.dim_size(td) != T or v.dim_size(td) != T
             or layer >= kc.dim_size(0)
         ):
             raise Error("mwc_cached_attention: shape mismatch between cache, q, k, v")
         var cs = IndexList[3](kc.stride_length(1), kc.stride_length(2), kc.stride_length(3))
         var vcs = IndexList[3](vc.stride_length(1), vc.stride_length(2), vc.stride_length(3))
-        var qs = IndexList[3](q.stride_length(0), q.stride_length(1), q.stride_length(2))
-        var ks = IndexList[3](k.stride_length(0), k.stride_length(1), k.stride_length(2))
-        var vs = IndexList[3](v.stride_length(0), v.stride_length(1), v.stride_length(2))
-        var os = IndexList[3](out_t.stride_length(0), out_t.stride_length(1), out_t.stride_length(2))
+        var qs = IndexList[3](q.stride_length(0), q.stride_length(hd), q.stride_length(td))
+        var ks = IndexList[3](k.stride_length(0), k.stride_length(hd), k.stride_length(td))
+        var vs = IndexList[3](v.stride_length(0), v.stride_length(hd), v.stride_length(td))
+        var os = IndexList[3](out_t.stride_length(0), out_t.stride_length(hd), out_t.stride_length(td))
         var kcp = rebind[Pointer[Scalar[dtype], MutAnyOrigin]](kc.unsafe_ptr()).unsafe_offset(
             layer * kc.stride_length(0)
         )
@@ -1120,6 +1242,21 @@ struct MwcCachedAttention:
             var n = B * H * T * D
             if n == 0:
                 return
+            if T == 1 and D == 64 and _decode64_ok[dtype](qp, kcp, vcp, op, qs, cs, vcs, os) and (
+                _aligned8(ks) and _aligned8(vs) and (Int(kp) | Int(vp)) % (D64_VW * size_of[dtype]()) == 0
+            ):  # a step: the new key and value go into the cache inside the attention kernel
+                ctx.enqueue_function[_attn_decode64_gpu_kernel[dtype, True, DW64, False, True]](
+                    qp, kcp, vcp, op, posp, rebind[Pointer[Float32, MutAnyOrigin]](qp), kp, vp,
+                    Int64(ks[0]), Int64(ks[1]), Int64(vs[0]), Int64(vs[1]),
+                    Int32(H), Int32(CTX), Int32(1), Int32(CTX),
+                    Int64(qs[0]), Int64(qs[1]),
+                    Int64(cs[0]), Int64(cs[1]), Int64(cs[2]),
+                    Int64(vcs[0]), Int64(vcs[1]), Int64(vcs[2]),
+                    Int64(os[0]), Int64(os[1]),
+                    Float32(1) / sqrt(Float32(D)),
+                    grid_dim=B * H, block_dim=DW64 * 32,
+                )
+                return
             ctx.enqueue_function[_kv_write_gpu_kernel[dtype]](
                 kcp, kp, posp, Int32(H), Int32(T), Int32(D),
                 Int64(cs[0]), Int64(cs[1]), Int64(cs[2]),
@@ -1134,6 +1271,7 @@ struct MwcCachedAttention:
             )
             attention_gpu[dtype, True, True](
                 qp, kcp, vcp, op, posp, B, H, T, CTX, D, qs, cs, vcs, os, ctx,
+                rebind[Pointer[Float32, MutAnyOrigin]](qp), 0,
             )
 
 

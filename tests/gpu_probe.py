@@ -4,6 +4,11 @@
     python tests/gpu_probe.py mel [OPS_DIR ...]      mwc_log_mel per ops folder: max abs error vs float64, ms per 30 s
     python tests/gpu_probe.py ops [bf16|fp16 ...]    mwc_attention (decode / causal / cross shapes) and the tied vocab
                                                      matmul in a dtype vs float64 on the same rounded inputs
+    python tests/gpu_probe.py cross [H:B ...] [S=..]  a decoder step's cross-attention (mwc_layer_attention, 1500 keys, fp16)
+                                                     with the keys split over S blocks vs one block per row: error vs
+                                                     float64, µs per call (a chain of calls in one graph)
+    python tests/gpu_probe.py pick                    the GPU's fused greedy pick (ops/pick.mojo) vs WhisperGraphs.pick in MAX
+                                                     ops, on random logits and rules: tokens, log-probs, no-speech
     python tests/gpu_probe.py mem ARTIFACT [BATCH ...]
                                                      nvidia-smi memory after load, the first transcription and W30 at
                                                      each batch (MWC_NO_CAPTURE=1: without device-graph capture)
@@ -41,7 +46,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-JFK = ROOT / "examples" / "jfk.flac"
+# the probes' speech; MWC_PROBE_AUDIO: a wav of it where neither PyAV nor soundfile is installed (the GPU machine)
+JFK = Path(os.environ.get("MWC_PROBE_AUDIO", ROOT / "examples" / "jfk.flac"))
 
 
 def _session(allow_cpu: bool = False):
@@ -140,6 +146,116 @@ def op_checks(dtypes: list[str]) -> None:
         got, want = sess.load(g).execute(put(x), put(e))[0].to_numpy(), x @ e.T
         print(f"{name} vocab matmul (1,6,512)@(512,51865): max rel err "
               f"{np.abs(got - want).max() / np.abs(want).max():.2e}", flush=True)
+
+
+def cross(args: list[str], chain: int = 64) -> None:
+    """mwc_layer_attention at T = 1 against 1500 keys (fp16) for heads:batch pairs (default tiny 6:1, 6:16, small
+    12:1, 12:16, large 20:1, 20:16) and the scratch sizes S=... (default 12 — ceil(1500 / CROSS_SPLIT_KEYS), what
+    the step graph gives the op — and 1, one block per row: the kernel before the split): error vs float64 and µs
+    per call, timed as a chain of ``chain`` calls in one graph (each call's output the next one's query) minus one
+    call, so a call's time is its kernels', not the host's. ``cross 6:1 6:16 S=1,2,4,12``."""
+    from max.driver import Buffer
+    from max.dtype import DType
+    from max.graph import Graph, TensorType, ops
+
+    from bench_attention_op import ref_attention
+    from compiler.graph import CROSS_PART, CROSS_SPLIT_KEYS
+
+    gpu, dev, sess = _session(allow_cpu=True)
+    rng = np.random.default_rng(0)
+    tk, layers = 1500, 2
+    shapes = [a for a in args if not a.startswith("S=")] or ["6:1", "6:16", "12:1", "12:16", "20:1", "20:16"]
+    splits = [int(x) for a in args if a.startswith("S=") for x in a[2:].split(",")] or [-(-tk // CROSS_SPLIT_KEYS), 1]
+    put = lambda x: Buffer.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(gpu)  # noqa: E731
+    graphs: dict = {}
+
+    def graph(s: int, n: int):  # batch and heads symbolic: one graph per (S, chain length)
+        if (s, n) not in graphs:
+            with Graph(f"cross_{s}_{n}", input_types=[
+                    TensorType(DType.float32, ["b", "h", 1, 64], dev),
+                    TensorType(DType.float32, [layers, "b", "h", tk, 64], dev),
+                    TensorType(DType.float32, [layers, "b", "h", tk, 64], dev)],
+                    custom_extensions=[ROOT / "ops"]) as g:
+                x, k, v = (ops.cast(t.tensor, DType.float16) for t in g.inputs)
+                for _ in range(n):
+                    x = ops.custom("mwc_layer_attention", dev, [x, k, v], [
+                        TensorType(DType.float16, x.shape, dev),
+                        TensorType(DType.float32, [x.shape[0], x.shape[1], s, CROSS_PART], dev)],
+                        parameters={"layer": 1, "bthd": False})[0].tensor
+                g.output(ops.cast(x, DType.float32))
+            graphs[s, n] = sess.load(g)
+        return graphs[s, n]
+
+    def median_s(m, args) -> float:
+        t = []
+        for _ in range(12):
+            s0 = time.perf_counter()
+            m.execute(*args)
+            gpu.synchronize()
+            t.append(time.perf_counter() - s0)
+        return statistics.median(t[2:])
+
+    print("| heads | batch | S | max abs err | µs per call |")
+    print("|---|---|---|---|---|")
+    for hb in shapes:
+        h, b = map(int, hb.split(":"))
+        q = _round(rng.standard_normal((b, h, 1, 64)), DType.float16)
+        kv = [_round(rng.standard_normal((layers, b, h, tk, 64)), DType.float16) for _ in range(2)]
+        want = ref_attention(q, kv[0][1], kv[1][1], False)
+        args = [put(q), put(kv[0]), put(kv[1])]
+        for s in splits:
+            err = np.abs(graph(s, 1).execute(*args)[0].to_numpy() - want).max()
+            per = (median_s(graph(s, chain), args) - median_s(graph(s, 1), args)) / (chain - 1)
+            print(f"| {h} | {b} | {s} | {err:.2e} | {per * 1e6:.1f} |", flush=True)
+
+
+def pick_check(rows: int = 64) -> None:
+    """mwc_pick (one kernel per row) against WhisperGraphs.pick written with MAX ops (the CPU's graph), both on
+    this device, on random logits (rows, 3, 51864) and random rules: every interval shape the runtime makes
+    (suppressed tokens, the timestamp rules' ranges, none), timestamps on and off, ties in the logits."""
+    from max.driver import Buffer
+    from max.dtype import DType
+    from max.graph import Graph, TensorType
+
+    from compiler.graph import WhisperGraphs
+    from compiler.precision import plan_for
+    from compiler.runtime.decoding import OPEN_END, PICK_RULES
+    from helpers import SIZES
+
+    gpu, dev, sess = _session(allow_cpu=True)
+    dims = SIZES["tiny.en"]
+    v, tb, eot = dims.n_vocab, 50364, 50256
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((rows, 3, v)).astype(np.float32) * 3
+    logits[::7, 2, 100:110] = 9.0  # ties: the first index wins
+    bias = np.where(rng.random(v) < 0.01, -np.inf, 0).astype(np.float32)
+    bias[bias == -np.inf] = -1e30
+    rules = np.zeros((rows, PICK_RULES), np.int64)
+    for r in range(rows):
+        lo = rng.integers(0, v, 4)
+        kinds = rng.integers(0, 4, 4)
+        for k in range(4):
+            a, b = [(0, 0), (tb, OPEN_END), (0, eot), (int(lo[k]), int(lo[k]) + int(rng.integers(1, 2000)))][kinds[k]]
+            rules[r, 2 * k], rules[r, 2 * k + 1] = a, b
+        rules[r, 8] = r % 2
+        if r % 5 == 0:  # boost the timestamps so that their sum beats the text now and then
+            logits[r, 2, tb:] += 2.5
+    rules[:, 9], rules[:, 10], rules[:, 11], rules[:, 12], rules[:, 13] = 0, 50361, tb, 1, eot
+    outs = []
+    for fused in (True, False):
+        wg = WhisperGraphs(dims, plan_for("fp16", "gpu"), dev, "mojo")
+        with Graph(f"pick_{fused}", input_types=[TensorType(DType.float32, ["b", 3, v], dev),
+                                                  TensorType(DType.float32, [v], dev),
+                                                  TensorType(DType.int64, ["b", PICK_RULES], dev)],
+                   custom_extensions=[ROOT / "ops"]) as g:
+            wg.graph, wg.fused_pick = g, fused
+            g.output(*wg.pick(*(x.tensor for x in g.inputs)))
+        m = sess.load(g)
+        outs.append([o.to_numpy() for o in m.execute(*(Buffer.from_numpy(x).to(gpu) for x in (logits, bias, rules)))])
+    (tf, lf, nf), (tm, lm, nm) = outs
+    print(f"pick: {rows} rows; tokens equal {int((tf == tm).sum())}/{rows}; log-prob max abs diff "
+          f"{np.abs(lf - lm).max():.2e}; no-speech max abs diff {np.abs(nf - nm).max():.2e}; "
+          f"timestamps picked {int((tm >= tb).sum())}", flush=True)
 
 
 def memory(artifact: str, batches: list[str]) -> None:
@@ -469,13 +585,17 @@ def kernels(artifact: str, n_steps: int | None = None) -> None:
 
 
 def main() -> None:
-    if len(sys.argv) < 2 or sys.argv[1] not in ("mel", "ops", "mem", "steps", "taps", "bf16", "enc", "kernels"):
+    if len(sys.argv) < 2 or sys.argv[1] not in ("mel", "ops", "cross", "pick", "mem", "steps", "taps", "bf16", "enc", "kernels"):
         raise SystemExit(__doc__)
     cmd, rest = sys.argv[1], sys.argv[2:]
     if cmd == "mel":
         mel(rest)
     elif cmd == "ops":
         op_checks(rest)
+    elif cmd == "cross":
+        cross(rest)
+    elif cmd == "pick":
+        pick_check()
     elif cmd == "enc":
         encoder_parts(rest[0], int(rest[1]), *rest[2:])
     elif cmd == "bf16":

@@ -1,0 +1,214 @@
+# mwc_pick: a decoder step's greedy choice in one GPU kernel (MAX custom op), what WhisperGraphs.pick writes with
+# MAX ops (about eight reductions over the vocabulary, each a kernel of a few µs at batch 1):
+#
+#   z        = logits[b, T-1, :] + bias, with every token in the row's four rule intervals [lo_k, hi_k) set to NEG
+#   ts_lse   = logsumexp over the timestamps (token >= tb) of z (other tokens as NEG); text_max = max of the rest
+#   take_ts  = rules on (col 8) and ts_lse > text_max: then every text token is NEG too (openai's
+#              ApplyTimestampRules: the timestamps together beat every text token)
+#   token    = argmax z (first index), logprob = max z - logsumexp z
+#   nospeech = logits[b, sot, nid] - logsumexp logits[b, sot, :]   (sot = rules[0, 9], nid = rules[0, 10])
+#
+# Inputs logits (B, T, V) float32, bias (V,) float32, rules (B, 14) int64 (compiler/runtime/decoding.py PICK_RULES);
+# outputs token (B, 1) int64, logprob (B, 1) float32, nospeech (B, 1) float32.
+# One block per row: each thread keeps online (max, sum of exp, first argmax) states of its strided share for the
+# timestamps, the text tokens and the raw SOT row in one pass, the block merges them in shared memory. Masked
+# tokens count as NEG in every state, as in the graph, so all-masked corner cases give the graph's numbers.
+# GPU only: on the CPU the graph keeps MAX's ops (WhisperGraphs.pick).
+
+import extensibility
+from extensibility import InputTensor, OutputTensor
+from max.gpu.host import DeviceContext
+from std.math import exp, log
+from std.memory import Pointer, stack_allocation
+from max.gpu import thread_idx, block_idx, barrier
+
+comptime NEG: Float32 = -1.0e30  # compiler/graph.py NEG
+comptime NT = 512  # threads per block (one block per row)
+comptime NRULES = 14
+
+
+@always_inline
+def _push(x: Float32, i: Int32, mut m: Float32, mut s: Float32, mut a: Int32):
+    """Adds value x at index i to an online (max m, sum of exp(. - m) s, first argmax a) state."""
+    if x > m:
+        s = s * exp(m - x) + 1
+        m = x
+        a = i
+    else:
+        s += exp(x - m)
+
+
+@always_inline
+def _merge(m2: Float32, s2: Float32, a2: Int32, mut m: Float32, mut s: Float32, mut a: Int32):
+    """Merges state 2 into state 1; ties keep the lower index (argmax's first)."""
+    var mm = max(m, m2)
+    s = s * exp(m - mm) + s2 * exp(m2 - mm)
+    if m2 > m or (m2 == m and a2 < a):
+        a = a2
+    m = mm
+
+
+def _pick_gpu_kernel(
+    lp: Pointer[Float32, MutAnyOrigin],
+    bp: Pointer[Float32, MutAnyOrigin],
+    rp: Pointer[Int64, MutAnyOrigin],
+    tokp: Pointer[Int64, MutAnyOrigin],
+    lpp: Pointer[Float32, MutAnyOrigin],
+    nsp: Pointer[Float32, MutAnyOrigin],
+    T: Int32,
+    V: Int32,
+    ls0: Int64, ls1: Int64,
+    rs0: Int64,
+    ts0: Int64, lps0: Int64, nss0: Int64,
+):
+    # shared: per thread, (m, s) for ts, text, raw row and the two argmaxes
+    var sm = stack_allocation[NT * 6, Float32, address_space=AddressSpace.SHARED]()
+    var sa = stack_allocation[NT * 2, Int32, address_space=AddressSpace.SHARED]()
+    var tid = Int(thread_idx.x)
+    var b = Int(block_idx.x)
+    var rrow = b * Int(rs0)
+    var lo = Array[Int64, 4](fill=0)
+    var hi = Array[Int64, 4](fill=0)
+    comptime for k in range(4):
+        lo[k] = rp[unsafe_offset=rrow + 2 * k]
+        hi[k] = rp[unsafe_offset=rrow + 2 * k + 1]
+    var tb = rp[unsafe_offset=rrow + 11]
+    var sot = Int(rp[unsafe_offset=9])  # row 0's, as the graph reads it
+    var nid = Int(rp[unsafe_offset=10])
+    var last = lp.unsafe_offset(b * Int(ls0) + (Int(T) - 1) * Int(ls1))
+    var row = lp.unsafe_offset(b * Int(ls0) + sot * Int(ls1))
+    var m_ts = NEG
+    var s_ts: Float32 = 0
+    var a_ts: Int32 = 0
+    var m_tx = NEG
+    var s_tx: Float32 = 0
+    var a_tx: Int32 = 0
+    var m_r = NEG
+    var s_r: Float32 = 0
+    var a_r: Int32 = 0
+    # thread tid starts at tid: the first index it sees is its lowest, so its argmax ties keep the first
+    var i = tid
+    var v = Int(V)
+    var started = False
+    while i < v:
+        var i64 = Int64(i)
+        var masked = False
+        comptime for k in range(4):
+            masked = masked or (i64 >= lo[k] and i64 < hi[k])
+        var z = NEG if masked else max(last[unsafe_offset=i] + bp[unsafe_offset=i], NEG)  # -inf counts as NEG
+        var is_ts = i64 >= tb
+        var zt = z if is_ts else NEG
+        var zx = NEG if is_ts else z
+        var r = row[unsafe_offset=i]
+        if not started:  # the first element sets the states (m = x, s = 1, a = i)
+            m_ts, s_ts, a_ts = zt, 1, Int32(i)
+            m_tx, s_tx, a_tx = zx, 1, Int32(i)
+            m_r, s_r, a_r = r, 1, Int32(i)
+            started = True
+        else:
+            _push(zt, Int32(i), m_ts, s_ts, a_ts)
+            _push(zx, Int32(i), m_tx, s_tx, a_tx)
+            _push(r, Int32(i), m_r, s_r, a_r)
+        i += NT
+    if not started:  # V < NT: an empty state merges as nothing
+        a_ts, a_tx = Int32(v), Int32(v)
+    sm[unsafe_offset=tid] = m_ts
+    sm[unsafe_offset=NT + tid] = s_ts
+    sm[unsafe_offset=2 * NT + tid] = m_tx
+    sm[unsafe_offset=3 * NT + tid] = s_tx
+    sm[unsafe_offset=4 * NT + tid] = m_r
+    sm[unsafe_offset=5 * NT + tid] = s_r
+    sa[unsafe_offset=tid] = a_ts
+    sa[unsafe_offset=NT + tid] = a_tx
+    barrier()
+    var stride = NT // 2
+    while stride > 0:
+        if tid < stride:
+            var o = tid + stride
+            var m1 = sm[unsafe_offset=tid]
+            var s1 = sm[unsafe_offset=NT + tid]
+            var a1 = sa[unsafe_offset=tid]
+            _merge(sm[unsafe_offset=o], sm[unsafe_offset=NT + o], sa[unsafe_offset=o], m1, s1, a1)
+            sm[unsafe_offset=tid] = m1
+            sm[unsafe_offset=NT + tid] = s1
+            sa[unsafe_offset=tid] = a1
+            var m2 = sm[unsafe_offset=2 * NT + tid]
+            var s2 = sm[unsafe_offset=3 * NT + tid]
+            var a2 = sa[unsafe_offset=NT + tid]
+            _merge(sm[unsafe_offset=2 * NT + o], sm[unsafe_offset=3 * NT + o], sa[unsafe_offset=NT + o], m2, s2, a2)
+            sm[unsafe_offset=2 * NT + tid] = m2
+            sm[unsafe_offset=3 * NT + tid] = s2
+            sa[unsafe_offset=NT + tid] = a2
+            var m3 = sm[unsafe_offset=4 * NT + tid]
+            var s3 = sm[unsafe_offset=5 * NT + tid]
+            var a3: Int32 = 0
+            _merge(sm[unsafe_offset=4 * NT + o], sm[unsafe_offset=5 * NT + o], Int32(0), m3, s3, a3)
+            sm[unsafe_offset=4 * NT + tid] = m3
+            sm[unsafe_offset=5 * NT + tid] = s3
+        barrier()
+        stride //= 2
+    if tid == 0:
+        m_ts, s_ts, a_ts = sm[unsafe_offset=0], sm[unsafe_offset=NT], sa[unsafe_offset=0]
+        m_tx, s_tx, a_tx = sm[unsafe_offset=2 * NT], sm[unsafe_offset=3 * NT], sa[unsafe_offset=NT]
+        var ts_lse = m_ts + log(s_ts)
+        var take_ts = rp[unsafe_offset=rrow + 8] > 0 and ts_lse > m_tx
+        var top: Float32
+        var tok: Int32
+        var total: Float32  # sum of exp(z - top) over the row
+        if take_ts:
+            top, tok, total = m_ts, a_ts, s_ts
+        else:
+            top = max(m_ts, m_tx)
+            tok = a_tx if m_tx > m_ts else (a_ts if m_ts > m_tx else min(a_ts, a_tx))
+            total = s_ts * exp(m_ts - top) + s_tx * exp(m_tx - top)
+        tokp[unsafe_offset=b * Int(ts0)] = Int64(tok)
+        lpp[unsafe_offset=b * Int(lps0)] = -log(total)
+        nsp[unsafe_offset=b * Int(nss0)] = row[unsafe_offset=nid] - (sm[unsafe_offset=4 * NT] + log(sm[unsafe_offset=5 * NT]))
+
+
+@extensibility.register("mwc_pick")
+struct MwcPick:
+    @staticmethod
+    def execute[
+        target: StaticString,
+    ](
+        token: OutputTensor[dtype=DType.int64, rank=2, ...],
+        logprob: OutputTensor[dtype=DType.float32, rank=2, ...],
+        nospeech: OutputTensor[dtype=DType.float32, rank=2, ...],
+        logits: InputTensor[dtype=DType.float32, rank=3, ...],
+        bias: InputTensor[dtype=DType.float32, rank=1, ...],
+        rules: InputTensor[dtype=DType.int64, rank=2, ...],
+        ctx: DeviceContext,
+    ) raises:
+        var B = logits.dim_size(0)
+        var T = logits.dim_size(1)
+        var V = logits.dim_size(2)
+        if (
+            bias.dim_size(0) != V
+            or rules.dim_size(0) != B
+            or rules.dim_size(1) != NRULES
+            or token.dim_size(0) != B
+            or logprob.dim_size(0) != B
+            or nospeech.dim_size(0) != B
+        ):
+            raise Error("mwc_pick: shape mismatch between logits, bias, rules and the outputs")
+        if logits.stride_length(2) != 1 or bias.stride_length(0) != 1 or rules.stride_length(1) != 1:
+            raise Error("mwc_pick: innermost dims must be contiguous")
+        comptime if target == "cpu":
+            raise Error("mwc_pick: GPU only (the CPU graph picks with MAX's ops)")
+        else:
+            if B * T == 0:
+                return
+            ctx.enqueue_function[_pick_gpu_kernel](
+                rebind[Pointer[Float32, MutAnyOrigin]](logits.unsafe_ptr()),
+                rebind[Pointer[Float32, MutAnyOrigin]](bias.unsafe_ptr()),
+                rebind[Pointer[Int64, MutAnyOrigin]](rules.unsafe_ptr()),
+                rebind[Pointer[Int64, MutAnyOrigin]](token.unsafe_ptr()),
+                rebind[Pointer[Float32, MutAnyOrigin]](logprob.unsafe_ptr()),
+                rebind[Pointer[Float32, MutAnyOrigin]](nospeech.unsafe_ptr()),
+                Int32(T), Int32(V),
+                Int64(logits.stride_length(0)), Int64(logits.stride_length(1)),
+                Int64(rules.stride_length(0)),
+                Int64(token.stride_length(0)), Int64(logprob.stride_length(0)), Int64(nospeech.stride_length(0)),
+                grid_dim=B, block_dim=NT,
+            )
