@@ -33,6 +33,7 @@ ATTENTION_IMPLS = ("mojo", "max", "flash", "blas")
 NEG = -1e30  # "-inf" for masked logits: finite, so a fully masked range still has a defined log-sum-exp
 CROSS_SPLIT_KEYS = 128  # ops/attention.mojo SPLIT_KEYS: keys per block of the split cross-attention step
 CROSS_PART = 66  # ops/attention.mojo PART: floats per block's partial state (64 columns, max, sum)
+PICK_BLOCKS = 32  # blocks per row of mwc_pick's pass over the vocabulary (ops/pick.mojo)
 
 
 def _dtype(name: str) -> DType:
@@ -229,14 +230,16 @@ class WhisperGraphs:
         """The greedy choice on the last position: openai's logit filters (decoding.py) as masks, then argmax.
 
         Returns the next ids (B, 1) int64, their log-probs (B, 1) and log p(<|nospeech|>) at the SOT row (B, 1).
-        On a GPU the same arithmetic is one Mojo kernel (ops/pick.mojo ``mwc_pick``: one pass over the vocabulary
-        per row instead of about eight reductions, each a kernel launch of a few µs in every decoder step).
+        On a GPU the same arithmetic is two Mojo kernels (ops/pick.mojo ``mwc_pick``: one pass over the vocabulary,
+        PICK_BLOCKS blocks per row, then one thread per row merges their states) instead of about eight reductions,
+        each a kernel launch of a few µs in every decoder step.
         """
         if self.fused_pick:
             b = logits.shape[0]
             out_t = [TensorType(DType.int64, [b, 1], self.device), TensorType(DType.float32, [b, 1], self.device),
-                     TensorType(DType.float32, [b, 1], self.device)]
-            return tuple(x.tensor for x in ops.custom("mwc_pick", self.device, [logits, bias, rules], out_t))
+                     TensorType(DType.float32, [b, 1], self.device),
+                     TensorType(DType.float32, [b, PICK_BLOCKS, 8], self.device)]  # the first kernel's states
+            return tuple(x.tensor for x in ops.custom("mwc_pick", self.device, [logits, bias, rules], out_t)[:3])
         v = self.dims.n_vocab
         i64, f32 = DType.int64, DType.float32
         t_end = ops.shape_to_tensor([logits.shape[1]]).reshape([])

@@ -704,6 +704,11 @@ comptime DW64 = 8  # warps per block of the head-dim-64 decode kernel (256 threa
 comptime SPLIT_W = 4  # warps per block of the split-key decode kernel
 comptime SPLIT_KEYS = SPLIT_W * GKT  # keys per block of the split-key kernel: one 32-key tile per warp
 comptime PART = 64 + 2  # one block's partial state in the split scratch: 64 unnormalized columns, max m, sum l
+# How many blocks a one-query row's 1500 keys get (tests/gpu_probe.py cross, H200, µs per call; S = 1 is one 8-warp
+# block per row): rows = B * H <= SPLIT_ROWS take the scratch's 12 (6, 12 or 20 rows: 19-22 -> 12-13 µs), more
+# rows SPLIT_WIDE (96 rows: S=1 20.2, 3 21.9, 12 27.9; 192: 57.7, 45.1, 50.7; 320: 84.6, 60.7, 70.6).
+comptime SPLIT_ROWS = 32
+comptime SPLIT_WIDE = 3
 
 
 def _attn_decode64_gpu_kernel[
@@ -916,9 +921,11 @@ def attention_gpu[
         raise Error("mwc_attention: GPU path supports head dim <= 128")
     var scale = Float32(1) / sqrt(Float32(D))
     if Tq == 1 and D == 64 and _decode64_ok[dtype](qp, kp, vp, op, qs, ks, vs, os):
-        # flash-decoding when the caller gave a scratch of n_part states per row and the keys fill > 1 block
-        var kpb = ((Tk + n_part - 1) // n_part + GKT - 1) // GKT * GKT if n_part > 1 else Tk
-        if not dyn and n_part > 1 and kpb < Tk:
+        # flash-decoding when the caller gave a scratch of n_part states per row and the keys fill > 1 block: all
+        # n_part blocks for a few rows (one window's heads), SPLIT_WIDE when the rows alone fill the GPU
+        var parts = n_part if B * H <= SPLIT_ROWS else min(n_part, SPLIT_WIDE)
+        var kpb = ((Tk + parts - 1) // parts + GKT - 1) // GKT * GKT if parts > 1 else Tk
+        if not dyn and parts > 1 and kpb < Tk:
             var S = (Tk + kpb - 1) // kpb
             ctx.enqueue_function[_attn_decode64_gpu_kernel[dtype, dyn, SPLIT_W, True]](
                 qp, kp, vp, op, posp, partp, qp, qp, Int64(0), Int64(0), Int64(0), Int64(0), Int32(H), Int32(Tk), Int32(S), Int32(kpb),

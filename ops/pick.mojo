@@ -9,10 +9,13 @@
 #   nospeech = logits[b, sot, nid] - logsumexp logits[b, sot, :]   (sot = rules[0, 9], nid = rules[0, 10])
 #
 # Inputs logits (B, T, V) float32, bias (V,) float32, rules (B, 14) int64 (compiler/runtime/decoding.py PICK_RULES);
-# outputs token (B, 1) int64, logprob (B, 1) float32, nospeech (B, 1) float32.
-# One block per row: each thread keeps online (max, sum of exp, first argmax) states of its strided share for the
-# timestamps, the text tokens and the raw SOT row in one pass, the block merges them in shared memory. Masked
-# tokens count as NEG in every state, as in the graph, so all-masked corner cases give the graph's numbers.
+# outputs token (B, 1) int64, logprob (B, 1) float32, nospeech (B, 1) float32, and part (B, NB, 8) float32, the
+# scratch of the first kernel (the graph makes it, so MAX allocates it with the step's other tensors).
+# Two kernels: NB blocks per row each take a slice of the vocabulary, every thread keeps online (max, sum of exp,
+# first argmax) states of its strided share for the timestamps, the text tokens and the raw SOT row in one pass, the
+# block merges them in shared memory and writes them to part[b, j]; then one thread per row merges the NB states and
+# makes the outputs. (One block per row over all 51864 tokens took 61 µs at batch 1 on the H200: one SM's worth.)
+# Masked tokens count as NEG in every state, as in the graph, so all-masked corner cases give the graph's numbers.
 # GPU only: on the CPU the graph keeps MAX's ops (WhisperGraphs.pick).
 
 import extensibility
@@ -23,8 +26,9 @@ from std.memory import Pointer, stack_allocation
 from max.gpu import thread_idx, block_idx, barrier
 
 comptime NEG: Float32 = -1.0e30  # compiler/graph.py NEG
-comptime NT = 512  # threads per block (one block per row)
+comptime NT = 256  # threads per block of the first kernel
 comptime NRULES = 14
+comptime PSTATE = 8  # one block's states in part: m_ts, s_ts, a_ts, m_tx, s_tx, a_tx, m_row, s_row
 
 
 @always_inline
@@ -48,24 +52,26 @@ def _merge(m2: Float32, s2: Float32, a2: Int32, mut m: Float32, mut s: Float32, 
     m = mm
 
 
-def _pick_gpu_kernel(
+def _pick_part_gpu_kernel(
     lp: Pointer[Float32, MutAnyOrigin],
     bp: Pointer[Float32, MutAnyOrigin],
     rp: Pointer[Int64, MutAnyOrigin],
-    tokp: Pointer[Int64, MutAnyOrigin],
-    lpp: Pointer[Float32, MutAnyOrigin],
-    nsp: Pointer[Float32, MutAnyOrigin],
+    pp: Pointer[Float32, MutAnyOrigin],
     T: Int32,
     V: Int32,
+    NB: Int32,
     ls0: Int64, ls1: Int64,
     rs0: Int64,
-    ts0: Int64, lps0: Int64, nss0: Int64,
 ):
-    # shared: per thread, (m, s) for ts, text, raw row and the two argmaxes
+    """Block (b, j): the states of row b over tokens [j * chunk, (j + 1) * chunk), written to part[b, j]."""
     var sm = stack_allocation[NT * 6, Float32, address_space=AddressSpace.SHARED]()
     var sa = stack_allocation[NT * 2, Int32, address_space=AddressSpace.SHARED]()
     var tid = Int(thread_idx.x)
-    var b = Int(block_idx.x)
+    var b = Int(block_idx.x) // Int(NB)
+    var j = Int(block_idx.x) - b * Int(NB)
+    var v = Int(V)
+    var chunk = (v + Int(NB) - 1) // Int(NB)
+    var hi_i = min(v, (j + 1) * chunk)
     var rrow = b * Int(rs0)
     var lo = Array[Int64, 4](fill=0)
     var hi = Array[Int64, 4](fill=0)
@@ -74,23 +80,21 @@ def _pick_gpu_kernel(
         hi[k] = rp[unsafe_offset=rrow + 2 * k + 1]
     var tb = rp[unsafe_offset=rrow + 11]
     var sot = Int(rp[unsafe_offset=9])  # row 0's, as the graph reads it
-    var nid = Int(rp[unsafe_offset=10])
     var last = lp.unsafe_offset(b * Int(ls0) + (Int(T) - 1) * Int(ls1))
     var row = lp.unsafe_offset(b * Int(ls0) + sot * Int(ls1))
+    # an empty state: (NEG, 0, past the end) merges as nothing
     var m_ts = NEG
     var s_ts: Float32 = 0
-    var a_ts: Int32 = 0
+    var a_ts = Int32(v)
     var m_tx = NEG
     var s_tx: Float32 = 0
-    var a_tx: Int32 = 0
+    var a_tx = Int32(v)
     var m_r = NEG
     var s_r: Float32 = 0
-    var a_r: Int32 = 0
-    # thread tid starts at tid: the first index it sees is its lowest, so its argmax ties keep the first
-    var i = tid
-    var v = Int(V)
+    var a_r = Int32(v)
+    var i = j * chunk + tid  # a thread's first index is its lowest: its argmax ties keep the first
     var started = False
-    while i < v:
+    while i < hi_i:
         var i64 = Int64(i)
         var masked = False
         comptime for k in range(4):
@@ -101,17 +105,20 @@ def _pick_gpu_kernel(
         var zx = NEG if is_ts else z
         var r = row[unsafe_offset=i]
         if not started:  # the first element sets the states (m = x, s = 1, a = i)
-            m_ts, s_ts, a_ts = zt, 1, Int32(i)
-            m_tx, s_tx, a_tx = zx, 1, Int32(i)
-            m_r, s_r, a_r = r, 1, Int32(i)
+            m_ts = zt
+            s_ts = 1
+            a_ts = Int32(i)
+            m_tx = zx
+            s_tx = 1
+            a_tx = Int32(i)
+            m_r = r
+            s_r = 1
             started = True
         else:
             _push(zt, Int32(i), m_ts, s_ts, a_ts)
             _push(zx, Int32(i), m_tx, s_tx, a_tx)
             _push(r, Int32(i), m_r, s_r, a_r)
         i += NT
-    if not started:  # V < NT: an empty state merges as nothing
-        a_ts, a_tx = Int32(v), Int32(v)
     sm[unsafe_offset=tid] = m_ts
     sm[unsafe_offset=NT + tid] = s_ts
     sm[unsafe_offset=2 * NT + tid] = m_tx
@@ -148,22 +155,68 @@ def _pick_gpu_kernel(
         barrier()
         stride //= 2
     if tid == 0:
-        m_ts, s_ts, a_ts = sm[unsafe_offset=0], sm[unsafe_offset=NT], sa[unsafe_offset=0]
-        m_tx, s_tx, a_tx = sm[unsafe_offset=2 * NT], sm[unsafe_offset=3 * NT], sa[unsafe_offset=NT]
-        var ts_lse = m_ts + log(s_ts)
-        var take_ts = rp[unsafe_offset=rrow + 8] > 0 and ts_lse > m_tx
-        var top: Float32
-        var tok: Int32
-        var total: Float32  # sum of exp(z - top) over the row
-        if take_ts:
-            top, tok, total = m_ts, a_ts, s_ts
-        else:
-            top = max(m_ts, m_tx)
-            tok = a_tx if m_tx > m_ts else (a_ts if m_ts > m_tx else min(a_ts, a_tx))
-            total = s_ts * exp(m_ts - top) + s_tx * exp(m_tx - top)
-        tokp[unsafe_offset=b * Int(ts0)] = Int64(tok)
-        lpp[unsafe_offset=b * Int(lps0)] = -log(total)
-        nsp[unsafe_offset=b * Int(nss0)] = row[unsafe_offset=nid] - (sm[unsafe_offset=4 * NT] + log(sm[unsafe_offset=5 * NT]))
+        var base = Int(block_idx.x) * PSTATE
+        pp[unsafe_offset=base] = sm[unsafe_offset=0]
+        pp[unsafe_offset=base + 1] = sm[unsafe_offset=NT]
+        pp[unsafe_offset=base + 2] = Float32(sa[unsafe_offset=0])  # < 2^24: exact in float32
+        pp[unsafe_offset=base + 3] = sm[unsafe_offset=2 * NT]
+        pp[unsafe_offset=base + 4] = sm[unsafe_offset=3 * NT]
+        pp[unsafe_offset=base + 5] = Float32(sa[unsafe_offset=NT])
+        pp[unsafe_offset=base + 6] = sm[unsafe_offset=4 * NT]
+        pp[unsafe_offset=base + 7] = sm[unsafe_offset=5 * NT]
+
+
+def _pick_final_gpu_kernel(
+    lp: Pointer[Float32, MutAnyOrigin],
+    rp: Pointer[Int64, MutAnyOrigin],
+    pp: Pointer[Float32, MutAnyOrigin],
+    tokp: Pointer[Int64, MutAnyOrigin],
+    lpp: Pointer[Float32, MutAnyOrigin],
+    nsp: Pointer[Float32, MutAnyOrigin],
+    B: Int32,
+    NB: Int32,
+    ls0: Int64, ls1: Int64,
+    rs0: Int64,
+    ts0: Int64, lps0: Int64, nss0: Int64,
+):
+    """Thread b: merges row b's NB states (in order, so argmax ties keep the first index) into the outputs."""
+    var b = Int(block_idx.x) * NT + Int(thread_idx.x)
+    if b >= Int(B):
+        return
+    var base = b * Int(NB) * PSTATE
+    var m_ts = pp[unsafe_offset=base]
+    var s_ts = pp[unsafe_offset=base + 1]
+    var a_ts = Int32(pp[unsafe_offset=base + 2])
+    var m_tx = pp[unsafe_offset=base + 3]
+    var s_tx = pp[unsafe_offset=base + 4]
+    var a_tx = Int32(pp[unsafe_offset=base + 5])
+    var m_r = pp[unsafe_offset=base + 6]
+    var s_r = pp[unsafe_offset=base + 7]
+    var a_r: Int32 = 0
+    for j in range(1, Int(NB)):
+        var q = base + j * PSTATE
+        _merge(pp[unsafe_offset=q], pp[unsafe_offset=q + 1], Int32(pp[unsafe_offset=q + 2]), m_ts, s_ts, a_ts)
+        _merge(pp[unsafe_offset=q + 3], pp[unsafe_offset=q + 4], Int32(pp[unsafe_offset=q + 5]), m_tx, s_tx, a_tx)
+        _merge(pp[unsafe_offset=q + 6], pp[unsafe_offset=q + 7], Int32(0), m_r, s_r, a_r)
+    var rrow = b * Int(rs0)
+    var ts_lse = m_ts + log(s_ts)
+    var take_ts = rp[unsafe_offset=rrow + 8] > 0 and ts_lse > m_tx
+    var top: Float32
+    var tok: Int32
+    var total: Float32  # sum of exp(z - top) over the row
+    if take_ts:
+        top = m_ts
+        tok = a_ts
+        total = s_ts
+    else:
+        top = max(m_ts, m_tx)
+        tok = a_tx if m_tx > m_ts else (a_ts if m_ts > m_tx else min(a_ts, a_tx))
+        total = s_ts * exp(m_ts - top) + s_tx * exp(m_tx - top)
+    var sot = Int(rp[unsafe_offset=9])
+    var nid = Int(rp[unsafe_offset=10])
+    tokp[unsafe_offset=b * Int(ts0)] = Int64(tok)
+    lpp[unsafe_offset=b * Int(lps0)] = -log(total)
+    nsp[unsafe_offset=b * Int(nss0)] = lp[unsafe_offset=b * Int(ls0) + sot * Int(ls1) + nid] - (m_r + log(s_r))
 
 
 @extensibility.register("mwc_pick")
@@ -175,6 +228,7 @@ struct MwcPick:
         token: OutputTensor[dtype=DType.int64, rank=2, ...],
         logprob: OutputTensor[dtype=DType.float32, rank=2, ...],
         nospeech: OutputTensor[dtype=DType.float32, rank=2, ...],
+        part: OutputTensor[dtype=DType.float32, rank=3, ...],
         logits: InputTensor[dtype=DType.float32, rank=3, ...],
         bias: InputTensor[dtype=DType.float32, rank=1, ...],
         rules: InputTensor[dtype=DType.int64, rank=2, ...],
@@ -183,6 +237,7 @@ struct MwcPick:
         var B = logits.dim_size(0)
         var T = logits.dim_size(1)
         var V = logits.dim_size(2)
+        var NB = part.dim_size(1)
         if (
             bias.dim_size(0) != V
             or rules.dim_size(0) != B
@@ -190,25 +245,36 @@ struct MwcPick:
             or token.dim_size(0) != B
             or logprob.dim_size(0) != B
             or nospeech.dim_size(0) != B
+            or part.dim_size(0) != B
+            or part.dim_size(2) != PSTATE
+            or NB < 1
         ):
             raise Error("mwc_pick: shape mismatch between logits, bias, rules and the outputs")
-        if logits.stride_length(2) != 1 or bias.stride_length(0) != 1 or rules.stride_length(1) != 1:
-            raise Error("mwc_pick: innermost dims must be contiguous")
+        if logits.stride_length(2) != 1 or bias.stride_length(0) != 1 or rules.stride_length(1) != 1 or (
+            part.stride_length(2) != 1 or part.stride_length(1) != PSTATE or part.stride_length(0) != NB * PSTATE
+        ):
+            raise Error("mwc_pick: innermost dims must be contiguous, part dense")
         comptime if target == "cpu":
             raise Error("mwc_pick: GPU only (the CPU graph picks with MAX's ops)")
         else:
             if B * T == 0:
                 return
-            ctx.enqueue_function[_pick_gpu_kernel](
-                rebind[Pointer[Float32, MutAnyOrigin]](logits.unsafe_ptr()),
-                rebind[Pointer[Float32, MutAnyOrigin]](bias.unsafe_ptr()),
-                rebind[Pointer[Int64, MutAnyOrigin]](rules.unsafe_ptr()),
+            var lp = rebind[Pointer[Float32, MutAnyOrigin]](logits.unsafe_ptr())
+            var rp = rebind[Pointer[Int64, MutAnyOrigin]](rules.unsafe_ptr())
+            var pp = rebind[Pointer[Float32, MutAnyOrigin]](part.unsafe_ptr())
+            ctx.enqueue_function[_pick_part_gpu_kernel](
+                lp, rebind[Pointer[Float32, MutAnyOrigin]](bias.unsafe_ptr()), rp, pp,
+                Int32(T), Int32(V), Int32(NB),
+                Int64(logits.stride_length(0)), Int64(logits.stride_length(1)), Int64(rules.stride_length(0)),
+                grid_dim=B * NB, block_dim=NT,
+            )
+            ctx.enqueue_function[_pick_final_gpu_kernel](
+                lp, rp, pp,
                 rebind[Pointer[Int64, MutAnyOrigin]](token.unsafe_ptr()),
                 rebind[Pointer[Float32, MutAnyOrigin]](logprob.unsafe_ptr()),
                 rebind[Pointer[Float32, MutAnyOrigin]](nospeech.unsafe_ptr()),
-                Int32(T), Int32(V),
-                Int64(logits.stride_length(0)), Int64(logits.stride_length(1)),
-                Int64(rules.stride_length(0)),
+                Int32(B), Int32(NB),
+                Int64(logits.stride_length(0)), Int64(logits.stride_length(1)), Int64(rules.stride_length(0)),
                 Int64(token.stride_length(0)), Int64(logprob.stride_length(0)), Int64(nospeech.stride_length(0)),
-                grid_dim=B, block_dim=NT,
+                grid_dim=(B + NT - 1) // NT, block_dim=NT,
             )
