@@ -29,6 +29,8 @@ matmul 2.8e-3 rel; memory tiny.en 782 → 2194 MiB (capture) / 917 (no capture);
 Fourth visit: small b16 attention block 29.7 ms (Mojo) / 28.9 (max), MLP block 0.53, stem 4.96; step replay small
 0.94 ms, tiny.en 0.33; bf16 few-row casts / projections / KV concat read zeros (taps, bf16) — README Benchmarks.
 Sixth visit (kernels, tiny.en fp16): 102 kernels, 501 µs per step, cross-attention 4 × 27 µs.
+Seventh visit: 73 kernels, 352 µs per step (cross-attention split 4 × 14.9 + 4 × 4.7 µs, pick 10.8 + 7.9 µs); cross
+6:1 19.1 → 12.1 µs (S = 1 → 12), 20:16 84.6 → 60.7 µs (S = 3); pick vs MAX ops 64/64 tokens equal, log-probs 7.2e-7.
 """
 
 from __future__ import annotations
