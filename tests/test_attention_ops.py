@@ -10,18 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bench_attention_op import ref_attention  # tests/: the float64 attention the CPU op check uses
 
 OPS = Path(__file__).resolve().parent.parent / "ops"
 L, B, H, CTX, D, TK = 2, 2, 3, 16, 64, 300
-
-
-def _ref(q, k, v, causal=False):  # (B, H, T, D), float64
-    s = q.astype(np.float64) @ k.astype(np.float64).transpose(0, 1, 3, 2) / np.sqrt(D)
-    if causal:
-        tq, tk = s.shape[2], s.shape[3]
-        s = np.where(np.arange(tk)[None, :] <= np.arange(tq)[:, None] + (tk - tq), s, -np.inf)
-    p = np.exp(s - s.max(-1, keepdims=True))
-    return (p / p.sum(-1, keepdims=True)) @ v
 
 
 def _swap(x):  # (B, T, H, D) <-> (B, H, T, D)
@@ -65,7 +57,7 @@ def test_cached_attention_layouts(device, bthd):
         args = [_swap(x) if bthd else x for x in (q, k, v)]
         out = m.execute(*(put(a) for a in args), put(np.array([p0], np.int64)), kc, vc)[0].to_numpy()
         out = _swap(out) if bthd else out
-        want = _ref(q, np.concatenate(ks, 2), np.concatenate(vs, 2), causal=True)
+        want = ref_attention(q, np.concatenate(ks, 2), np.concatenate(vs, 2), causal=True)
         assert np.abs(out - want).max() < 1e-4, (t, p0)
         p0 += t
     cache = kc.to_numpy()[1, :, :, :p0]  # the op wrote every token's key at its position, in layer 1 only
@@ -95,4 +87,4 @@ def test_layer_attention_layouts(device, bthd):
         q = rng.standard_normal((B, H, t, D)).astype(np.float32)
         out = m.execute(put(_swap(q) if bthd else q), put(k), put(v))[0].to_numpy()
         out = _swap(out) if bthd else out
-        assert np.abs(out - _ref(q, k[1], v[1])).max() < 1e-4, t
+        assert np.abs(out - ref_attention(q, k[1], v[1], False)).max() < 1e-4, t
