@@ -231,7 +231,7 @@ class WhisperGraphs:
 
         Returns the next ids (B, 1) int64, their log-probs (B, 1) and log p(<|nospeech|>) at the SOT row (B, 1).
         On a GPU the same arithmetic is two Mojo kernels (ops/pick.mojo ``mwc_pick``: one pass over the vocabulary,
-        PICK_BLOCKS blocks per row, then one thread per row merges their states) instead of about eight reductions,
+        PICK_BLOCKS blocks per row, then one warp per row merges their states) instead of about eight reductions,
         each a kernel launch of a few µs in every decoder step.
         """
         if self.fused_pick:
