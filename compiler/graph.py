@@ -368,7 +368,7 @@ class WhisperGraphs:
 
     def build_step(self, module: Module, ops_dir: Path) -> Graph:
         """``step``: the greedy decoder over a fixed-size KV cache updated in place (design B of the KV-cache notes,
-        with the Mojo op ``mwc_cached_attention`` instead of MAX's masked softmax, which miscompiles).
+        with the Mojo op ``mwc_cached_attention_qkv`` instead of MAX's masked softmax, which miscompiles).
 
         Inputs tokens (batch, t), pos (1,) (tokens already cached), cross K/V, bias, rules, then four buffers it
         writes in place: the K and V caches (layers, batch, heads, n_text_ctx, 64) and each row's history, tokens
@@ -398,14 +398,14 @@ class WhisperGraphs:
                                         device=self.device)
             last = ops.max(positions, axis=-1)  # (1,): the last fed token's position; the pick goes one past it
 
-            def self_attn(i, h):  # q, k, v and the output as (B, T, H, 64): no transposes around the op
+            def self_attn(i, h):  # the fused QKV read in place as (B, T, 3, H, 64), the output (B, T, H, 64)
                 p = f"decoder.blocks.{i}"
-                q, k, v = ops.split(self.linear(h, p + ".attn.qkv", 3 * n, n), [n, n, n], axis=-1)
                 b, t = h.shape[0], h.shape[1]
-                q, k, v = (self.cast(ops.reshape(z, [b, t, d.n_text_head, dh]), kv) for z in (q, k, v))
-                a = ops.inplace_custom("mwc_cached_attention", self.device, [k_buf, v_buf, q, k, v, pos],
-                                       out_types=[TensorType(kv, q.shape, self.device)],
-                                       parameters={"layer": i, "bthd": True})[0].tensor
+                qkv = ops.reshape(self.linear(h, p + ".attn.qkv", 3 * n, n), [b, t, 3, d.n_text_head, dh])
+                qkv = self.cast(qkv, kv)
+                a = ops.inplace_custom("mwc_cached_attention_qkv", self.device, [k_buf, v_buf, qkv, pos],
+                                       out_types=[TensorType(kv, [b, t, d.n_text_head, dh], self.device)],
+                                       parameters={"layer": i})[0].tensor
                 return self.linear(ops.reshape(self.cast(a, self.act), [b, t, n]), p + ".attn.out", n, n)
 
             # the history is written whole, position by position (a slice store at a device-resident position

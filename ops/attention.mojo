@@ -1129,13 +1129,14 @@ struct MwcLayerAttention:
 
 
 # --------------------------------------------------------------------------- #
-# mwc_cached_attention: decoder self-attention over a fixed-size KV cache that
+# mwc_cached_attention_qkv: decoder self-attention over a fixed-size KV cache that
 # the op updates in place (for device-graph capture: shapes never change and
 # the position lives on the device).
 #
-#   kc, vc (L, B, H, CTX, D) mutable; q, k, v (B, H, T, D) the new tokens;
-#   pos (1,) int64: tokens already cached. Writes k, v into slots pos..pos+T-1
-#   of layer `layer`, then out = causal attention of q over slots 0..pos+T-1.
+#   kc, vc (L, B, H, CTX, D) mutable; qkv (B, T, 3, H, D): the new tokens' fused
+#   projection; pos (1,) int64: tokens already cached. Writes k, v into slots
+#   pos..pos+T-1 of layer `layer`, then out (B, T, H, D) = causal attention of q
+#   over slots 0..pos+T-1.
 # --------------------------------------------------------------------------- #
 
 
@@ -1186,100 +1187,119 @@ def _kv_write_cpu[
                     dst[unsafe_offset=o + c] = src[unsafe_offset=i + c]
 
 
-@extensibility.register("mwc_cached_attention")
-struct MwcCachedAttention:
+def _cached_attention[
+    dtype: DType, target: StaticString
+](
+    kcp: Pointer[Scalar[dtype], MutAnyOrigin],
+    vcp: Pointer[Scalar[dtype], MutAnyOrigin],
+    qp: Pointer[Scalar[dtype], MutAnyOrigin],
+    kp: Pointer[Scalar[dtype], MutAnyOrigin],
+    vp: Pointer[Scalar[dtype], MutAnyOrigin],
+    op: Pointer[Scalar[dtype], MutAnyOrigin],
+    posp: Pointer[Int64, MutAnyOrigin],
+    B: Int, H: Int, T: Int, D: Int, CTX: Int,
+    cs: IndexList[3], vcs: IndexList[3],
+    qs: IndexList[3], ks: IndexList[3], vs: IndexList[3], os: IndexList[3],
+    ctx: DeviceContext,
+) raises:
+    """The new keys and values (b, h, t strides ks, vs) into the caches at pos .. pos + T - 1 (strides cs, vcs),
+    then the queries against the cache's first pos + T positions, causal."""
+    comptime if target == "cpu":
+        var p0 = Int(posp[unsafe_offset=0])
+        if p0 < 0 or p0 + T > CTX:
+            raise Error("mwc_cached_attention_qkv: position past the end of the KV cache")
+        _kv_write_cpu[dtype](kcp, kp, p0, B, H, T, D, cs, ks)
+        _kv_write_cpu[dtype](vcp, vp, p0, B, H, T, D, vcs, vs)
+        attention_cpu[dtype, True](
+            qp, kcp, vcp, op, B, H, T, p0 + T, D, qs, cs, vcs, os, ctx,
+        )
+    else:
+        var n = B * H * T * D
+        if n == 0:
+            return
+        if T == 1 and D == 64 and _decode64_ok[dtype](qp, kcp, vcp, op, qs, cs, vcs, os) and (
+            _aligned8(ks) and _aligned8(vs) and (Int(kp) | Int(vp)) % (D64_VW * size_of[dtype]()) == 0
+        ):  # a step: the new key and value go into the cache inside the attention kernel
+            ctx.enqueue_function[_attn_decode64_gpu_kernel[dtype, True, DW64, False, True]](
+                qp, kcp, vcp, op, posp, rebind[Pointer[Float32, MutAnyOrigin]](qp), kp, vp,
+                Int64(ks[0]), Int64(ks[1]), Int64(vs[0]), Int64(vs[1]),
+                Int32(H), Int32(CTX), Int32(1), Int32(CTX),
+                Int64(qs[0]), Int64(qs[1]),
+                Int64(cs[0]), Int64(cs[1]), Int64(cs[2]),
+                Int64(vcs[0]), Int64(vcs[1]), Int64(vcs[2]),
+                Int64(os[0]), Int64(os[1]),
+                Float32(1) / sqrt(Float32(D)),
+                grid_dim=B * H, block_dim=DW64 * 32,
+            )
+            return
+        ctx.enqueue_function[_kv_write_gpu_kernel[dtype]](
+            kcp, kp, posp, Int32(H), Int32(T), Int32(D),
+            Int64(cs[0]), Int64(cs[1]), Int64(cs[2]),
+            Int64(ks[0]), Int64(ks[1]), Int64(ks[2]), Int32(n),
+            grid_dim=(n + 255) // 256, block_dim=256,
+        )
+        ctx.enqueue_function[_kv_write_gpu_kernel[dtype]](
+            vcp, vp, posp, Int32(H), Int32(T), Int32(D),
+            Int64(vcs[0]), Int64(vcs[1]), Int64(vcs[2]),
+            Int64(vs[0]), Int64(vs[1]), Int64(vs[2]), Int32(n),
+            grid_dim=(n + 255) // 256, block_dim=256,
+        )
+        attention_gpu[dtype, True, True](
+            qp, kcp, vcp, op, posp, B, H, T, CTX, D, qs, cs, vcs, os, ctx,
+            rebind[Pointer[Float32, MutAnyOrigin]](qp), 0,
+        )
+
+
+@extensibility.register("mwc_cached_attention_qkv")
+struct MwcCachedAttentionQkv:
+    """The step's self-attention on the fused QKV projection as it comes out, viewed as (B, T, 3, H, D): q, k and v
+    are its three slices read in place (split in the graph, MAX copied them: one kernel per layer and step; the op
+    took q, k and v as three inputs until then). Output (B, T, H, D)."""
+
     @staticmethod
     def execute[
         dtype: DType,
         //,
         layer: Int,
-        bthd: Bool,
         target: StaticString,
     ](
         out_t: OutputTensor[dtype=dtype, rank=4, ...],
         kc: MutableInputTensor[dtype=dtype, rank=5, ...],
         vc: MutableInputTensor[dtype=dtype, rank=5, ...],
-        q: InputTensor[dtype=dtype, rank=4, ...],
-        k: InputTensor[dtype=dtype, rank=4, ...],
-        v: InputTensor[dtype=dtype, rank=4, ...],
+        qkv: InputTensor[dtype=dtype, rank=5, ...],
         pos: InputTensor[dtype=DType.int64, rank=1, ...],
         ctx: DeviceContext,
     ) raises:
-        comptime hd = 2 if bthd else 1  # q, k, v, out: (B, T, H, D) with bthd, else (B, H, T, D)
-        comptime td = 3 - hd
-        var B = q.dim_size(0)
-        var H = q.dim_size(hd)
-        var T = q.dim_size(td)
-        var D = q.dim_size(3)
+        var B = qkv.dim_size(0)
+        var T = qkv.dim_size(1)
+        var H = qkv.dim_size(3)
+        var D = qkv.dim_size(4)
         var CTX = kc.dim_size(3)
         if (
-            kc.dim_size(1) != B or kc.dim_size(2) != H or kc.dim_size(4) != D
+            qkv.dim_size(2) != 3
+            or kc.dim_size(1) != B or kc.dim_size(2) != H or kc.dim_size(4) != D
             or vc.dim_size(1) != B or vc.dim_size(2) != H or vc.dim_size(3) != CTX
-            or k.dim_size(td) != T or v.dim_size(td) != T
+            or out_t.dim_size(0) != B or out_t.dim_size(1) != T or out_t.dim_size(2) != H
             or layer >= kc.dim_size(0)
         ):
-            raise Error("mwc_cached_attention: shape mismatch between cache, q, k, v")
-        var cs = IndexList[3](kc.stride_length(1), kc.stride_length(2), kc.stride_length(3))
-        var vcs = IndexList[3](vc.stride_length(1), vc.stride_length(2), vc.stride_length(3))
-        var qs = IndexList[3](q.stride_length(0), q.stride_length(hd), q.stride_length(td))
-        var ks = IndexList[3](k.stride_length(0), k.stride_length(hd), k.stride_length(td))
-        var vs = IndexList[3](v.stride_length(0), v.stride_length(hd), v.stride_length(td))
-        var os = IndexList[3](out_t.stride_length(0), out_t.stride_length(hd), out_t.stride_length(td))
-        var kcp = rebind[Pointer[Scalar[dtype], MutAnyOrigin]](kc.unsafe_ptr()).unsafe_offset(
-            layer * kc.stride_length(0)
+            raise Error("mwc_cached_attention_qkv: shape mismatch between cache, qkv and the output")
+        if qkv.stride_length(4) != 1 or out_t.stride_length(3) != 1 or kc.stride_length(4) != 1 or vc.stride_length(4) != 1:
+            raise Error("mwc_cached_attention_qkv: innermost dims must be contiguous")
+        var qp = rebind[Pointer[Scalar[dtype], MutAnyOrigin]](qkv.unsafe_ptr())
+        var s = IndexList[3](qkv.stride_length(0), qkv.stride_length(3), qkv.stride_length(1))  # b, h, t
+        _cached_attention[dtype, target](
+            rebind[Pointer[Scalar[dtype], MutAnyOrigin]](kc.unsafe_ptr()).unsafe_offset(layer * kc.stride_length(0)),
+            rebind[Pointer[Scalar[dtype], MutAnyOrigin]](vc.unsafe_ptr()).unsafe_offset(layer * vc.stride_length(0)),
+            qp, qp.unsafe_offset(qkv.stride_length(2)), qp.unsafe_offset(2 * qkv.stride_length(2)),
+            rebind[Pointer[Scalar[dtype], MutAnyOrigin]](out_t.unsafe_ptr()),
+            rebind[Pointer[Int64, MutAnyOrigin]](pos.unsafe_ptr()),
+            B, H, T, D, CTX,
+            IndexList[3](kc.stride_length(1), kc.stride_length(2), kc.stride_length(3)),
+            IndexList[3](vc.stride_length(1), vc.stride_length(2), vc.stride_length(3)),
+            s, s, s,
+            IndexList[3](out_t.stride_length(0), out_t.stride_length(2), out_t.stride_length(1)),
+            ctx,
         )
-        var vcp = rebind[Pointer[Scalar[dtype], MutAnyOrigin]](vc.unsafe_ptr()).unsafe_offset(
-            layer * vc.stride_length(0)
-        )
-        var qp = rebind[Pointer[Scalar[dtype], MutAnyOrigin]](q.unsafe_ptr())
-        var kp = rebind[Pointer[Scalar[dtype], MutAnyOrigin]](k.unsafe_ptr())
-        var vp = rebind[Pointer[Scalar[dtype], MutAnyOrigin]](v.unsafe_ptr())
-        var op = rebind[Pointer[Scalar[dtype], MutAnyOrigin]](out_t.unsafe_ptr())
-        var posp = rebind[Pointer[Int64, MutAnyOrigin]](pos.unsafe_ptr())
-        comptime if target == "cpu":
-            var p0 = Int(posp[unsafe_offset=0])
-            if p0 < 0 or p0 + T > CTX:
-                raise Error("mwc_cached_attention: position past the end of the KV cache")
-            _kv_write_cpu[dtype](kcp, kp, p0, B, H, T, D, cs, ks)
-            _kv_write_cpu[dtype](vcp, vp, p0, B, H, T, D, vcs, vs)
-            attention_cpu[dtype, True](
-                qp, kcp, vcp, op, B, H, T, p0 + T, D, qs, cs, vcs, os, ctx,
-            )
-        else:
-            var n = B * H * T * D
-            if n == 0:
-                return
-            if T == 1 and D == 64 and _decode64_ok[dtype](qp, kcp, vcp, op, qs, cs, vcs, os) and (
-                _aligned8(ks) and _aligned8(vs) and (Int(kp) | Int(vp)) % (D64_VW * size_of[dtype]()) == 0
-            ):  # a step: the new key and value go into the cache inside the attention kernel
-                ctx.enqueue_function[_attn_decode64_gpu_kernel[dtype, True, DW64, False, True]](
-                    qp, kcp, vcp, op, posp, rebind[Pointer[Float32, MutAnyOrigin]](qp), kp, vp,
-                    Int64(ks[0]), Int64(ks[1]), Int64(vs[0]), Int64(vs[1]),
-                    Int32(H), Int32(CTX), Int32(1), Int32(CTX),
-                    Int64(qs[0]), Int64(qs[1]),
-                    Int64(cs[0]), Int64(cs[1]), Int64(cs[2]),
-                    Int64(vcs[0]), Int64(vcs[1]), Int64(vcs[2]),
-                    Int64(os[0]), Int64(os[1]),
-                    Float32(1) / sqrt(Float32(D)),
-                    grid_dim=B * H, block_dim=DW64 * 32,
-                )
-                return
-            ctx.enqueue_function[_kv_write_gpu_kernel[dtype]](
-                kcp, kp, posp, Int32(H), Int32(T), Int32(D),
-                Int64(cs[0]), Int64(cs[1]), Int64(cs[2]),
-                Int64(ks[0]), Int64(ks[1]), Int64(ks[2]), Int32(n),
-                grid_dim=(n + 255) // 256, block_dim=256,
-            )
-            ctx.enqueue_function[_kv_write_gpu_kernel[dtype]](
-                vcp, vp, posp, Int32(H), Int32(T), Int32(D),
-                Int64(vcs[0]), Int64(vcs[1]), Int64(vcs[2]),
-                Int64(vs[0]), Int64(vs[1]), Int64(vs[2]), Int32(n),
-                grid_dim=(n + 255) // 256, block_dim=256,
-            )
-            attention_gpu[dtype, True, True](
-                qp, kcp, vcp, op, posp, B, H, T, CTX, D, qs, cs, vcs, os, ctx,
-                rebind[Pointer[Float32, MutAnyOrigin]](qp), 0,
-            )
 
 
 # --------------------------------------------------------------------------- #
@@ -1303,6 +1323,7 @@ from linalg.matmul.vendor.blas import _get_global_handle
 comptime VoidIn = Pointer[NoneType, ImmutAnyOrigin]
 comptime VoidOut = Pointer[NoneType, MutAnyOrigin]
 comptime SMW = 8  # warps (rows) per softmax block
+comptime BLAS_SCRATCH = 64 << 20  # bytes of scores + probabilities per call (whole heads; at least one)
 
 
 def _softmax_rows_gpu_kernel[
@@ -1359,11 +1380,16 @@ def attention_gpu_blas[
 ) raises:
     """Row-major S (Tq × Tk) = Q K^T is, for column-major cuBLAS, S^T (Tk × Tq) = op(K) Q^T with K's row-major
     storage read as its transpose; O (Tq × D) = P V likewise is O^T = V^T P^T. Heads are the GEMM batch
-    (stride qs[1] etc.), batch rows a loop (their stride need not be H times the head stride)."""
+    (stride qs[1] etc.), batch rows a loop (their stride need not be H times the head stride). The fp32 scores and
+    the probabilities of as many heads at a time as fit BLAS_SCRATCH bytes (a 1500 × 1500 head
+    costs 13.5 MB: 4 at a time) — every head at once took 162 MB for small (12 heads), and MAX's memory pool keeps
+    its peak."""
     if B * H * Tq == 0:
         return
-    var scores = ctx.enqueue_create_buffer[DType.float32](H * Tq * Tk)
-    var probs = ctx.enqueue_create_buffer[dtype](H * Tq * Tk)
+    var per_head = Tq * Tk * (size_of[DType.float32]() + size_of[dtype]())
+    var hg = max(1, min(H, BLAS_SCRATCH // per_head))
+    var scores = ctx.enqueue_create_buffer[DType.float32](hg * Tq * Tk)
+    var probs = ctx.enqueue_create_buffer[dtype](hg * Tq * Tk)
     var sp = rebind[Pointer[Float32, MutAnyOrigin]](scores.unsafe_ptr())
     var pp = rebind[Pointer[Scalar[dtype], MutAnyOrigin]](probs.unsafe_ptr())
     var handle = _get_global_handle[dtype](ctx)
@@ -1372,35 +1398,37 @@ def attention_gpu_blas[
     var zero = Float32(0)
     var t_in = _convert_to_cublas_datatype[dtype]()
     var t_f32 = _convert_to_cublas_datatype[DType.float32]()
-    var rows = H * Tq
     for b in range(B):
-        var qb = qp.unsafe_offset(b * qs[0])
-        var kb = kp.unsafe_offset(b * ks[0])
-        var vb = vp.unsafe_offset(b * vs[0])
-        var ob = op.unsafe_offset(b * os[0])
-        check_cublas_error(cublasGemmStridedBatchedEx(
-            handle._get_cublas(), _convert_to_cublas_transpose(True), _convert_to_cublas_transpose(False),
-            Int64(Tk), Int64(Tq), Int64(D),
-            rebind[VoidIn](Pointer(to=alpha).unsafe_bitcast[NoneType]()),
-            rebind[VoidIn](kb.unsafe_bitcast[NoneType]()), t_in, Int64(ks[2]), Int64(ks[1]),
-            rebind[VoidIn](qb.unsafe_bitcast[NoneType]()), t_in, Int64(qs[2]), Int64(qs[1]),
-            rebind[VoidIn](Pointer(to=zero).unsafe_bitcast[NoneType]()),
-            rebind[VoidOut](sp.unsafe_bitcast[NoneType]()), t_f32, Int64(Tk), Int64(Tq * Tk),
-            Int64(H), ComputeType.COMPUTE_32F, Algorithm.DEFAULT,
-        ))
-        ctx.enqueue_function[_softmax_rows_gpu_kernel[dtype]](
-            sp, pp, Int32(rows), Int32(Tk), grid_dim=(rows + SMW - 1) // SMW, block_dim=SMW * 32,
-        )
-        check_cublas_error(cublasGemmStridedBatchedEx(
-            handle._get_cublas(), _convert_to_cublas_transpose(False), _convert_to_cublas_transpose(False),
-            Int64(D), Int64(Tq), Int64(Tk),
-            rebind[VoidIn](Pointer(to=one).unsafe_bitcast[NoneType]()),
-            rebind[VoidIn](vb.unsafe_bitcast[NoneType]()), t_in, Int64(vs[2]), Int64(vs[1]),
-            rebind[VoidIn](pp.unsafe_bitcast[NoneType]()), t_in, Int64(Tk), Int64(Tq * Tk),
-            rebind[VoidIn](Pointer(to=zero).unsafe_bitcast[NoneType]()),
-            rebind[VoidOut](ob.unsafe_bitcast[NoneType]()), t_in, Int64(os[2]), Int64(os[1]),
-            Int64(H), ComputeType.COMPUTE_32F, Algorithm.DEFAULT,
-        ))
+        for h0 in range(0, H, hg):
+            var nh = min(hg, H - h0)
+            var rows = nh * Tq
+            var qb = qp.unsafe_offset(b * qs[0] + h0 * qs[1])
+            var kb = kp.unsafe_offset(b * ks[0] + h0 * ks[1])
+            var vb = vp.unsafe_offset(b * vs[0] + h0 * vs[1])
+            var ob = op.unsafe_offset(b * os[0] + h0 * os[1])
+            check_cublas_error(cublasGemmStridedBatchedEx(
+                handle._get_cublas(), _convert_to_cublas_transpose(True), _convert_to_cublas_transpose(False),
+                Int64(Tk), Int64(Tq), Int64(D),
+                rebind[VoidIn](Pointer(to=alpha).unsafe_bitcast[NoneType]()),
+                rebind[VoidIn](kb.unsafe_bitcast[NoneType]()), t_in, Int64(ks[2]), Int64(ks[1]),
+                rebind[VoidIn](qb.unsafe_bitcast[NoneType]()), t_in, Int64(qs[2]), Int64(qs[1]),
+                rebind[VoidIn](Pointer(to=zero).unsafe_bitcast[NoneType]()),
+                rebind[VoidOut](sp.unsafe_bitcast[NoneType]()), t_f32, Int64(Tk), Int64(Tq * Tk),
+                Int64(nh), ComputeType.COMPUTE_32F, Algorithm.DEFAULT,
+            ))
+            ctx.enqueue_function[_softmax_rows_gpu_kernel[dtype]](
+                sp, pp, Int32(rows), Int32(Tk), grid_dim=(rows + SMW - 1) // SMW, block_dim=SMW * 32,
+            )
+            check_cublas_error(cublasGemmStridedBatchedEx(
+                handle._get_cublas(), _convert_to_cublas_transpose(False), _convert_to_cublas_transpose(False),
+                Int64(D), Int64(Tq), Int64(Tk),
+                rebind[VoidIn](Pointer(to=one).unsafe_bitcast[NoneType]()),
+                rebind[VoidIn](vb.unsafe_bitcast[NoneType]()), t_in, Int64(vs[2]), Int64(vs[1]),
+                rebind[VoidIn](pp.unsafe_bitcast[NoneType]()), t_in, Int64(Tk), Int64(Tq * Tk),
+                rebind[VoidIn](Pointer(to=zero).unsafe_bitcast[NoneType]()),
+                rebind[VoidOut](ob.unsafe_bitcast[NoneType]()), t_in, Int64(os[2]), Int64(os[1]),
+                Int64(nh), ComputeType.COMPUTE_32F, Algorithm.DEFAULT,
+            ))
     _ = scores^
     _ = probs^
 

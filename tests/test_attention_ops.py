@@ -1,8 +1,9 @@
-"""The decoder's attention ops in both layouts against float64 numpy: ``mwc_cached_attention`` (a prompt of 3 tokens
-then two steps into the in-place KV cache) and ``mwc_layer_attention`` (one layer of the stacked cross K/V), with q,
-k, v and the output as (B, H, T, D) and as (B, T, H, D) (``bthd``: the step graph's layout, no transposes around
-the ops). On a GPU the same graphs also take the step-only kernels: the KV write folded into the decode kernel and
-the cross-attention's keys split over blocks (a partial last block: 300 keys over blocks of 96)."""
+"""The decoder's attention ops against float64 numpy: ``mwc_cached_attention_qkv`` (a prompt of 3 tokens then two
+steps into the in-place KV cache, q, k and v read from the fused projection) and ``mwc_layer_attention`` (one layer of
+the stacked cross K/V), with q and the output as (B, H, T, D) and as (B, T, H, D) (``bthd``: the step graph's
+layout, no transposes around the ops). On a GPU the same graphs also take the step-only kernels: the KV write folded
+into the decode kernel and the cross-attention's keys split over blocks (a partial last block: 300 keys over blocks
+of 96)."""
 
 from __future__ import annotations
 
@@ -32,21 +33,21 @@ def device():
             lambda a: Buffer.from_numpy(np.ascontiguousarray(a)).to(hw), gpu)
 
 
-@pytest.mark.parametrize("bthd", [False, True])
-def test_cached_attention_layouts(device, bthd):
+def test_cached_attention(device):
+    """``mwc_cached_attention_qkv``, the step graph's self-attention: q, k and v read in place from the fused
+    projection viewed as (B, T, 3, H, D), the new keys and values written into layer 1 of the cache."""
     from max.dtype import DType
     from max.graph import BufferType, Graph, TensorType, ops
 
     hw, dev, sess, put, _ = device
-    t4 = TensorType(DType.float32, [B, "t", H, D] if bthd else [B, H, "t", D], dev)
     cb = BufferType(DType.float32, [L, B, H, CTX, D], dev)
-    with Graph(f"cached_{bthd}", input_types=[t4, t4, t4, TensorType(DType.int64, [1], dev), cb, cb],
-               custom_extensions=[OPS]) as g:
-        q, k, v, pos = (x.tensor for x in g.inputs[:4])
-        kc, vc = (x.buffer for x in g.inputs[4:])
-        g.output(ops.inplace_custom("mwc_cached_attention", dev, [kc, vc, q, k, v, pos],
-                                    out_types=[TensorType(DType.float32, q.shape, dev)],
-                                    parameters={"layer": 1, "bthd": bthd})[0].tensor)
+    with Graph("cached", input_types=[TensorType(DType.float32, [B, "t", 3, H, D], dev),
+                                      TensorType(DType.int64, [1], dev), cb, cb], custom_extensions=[OPS]) as g:
+        qkv, pos = (x.tensor for x in g.inputs[:2])
+        kc, vc = (x.buffer for x in g.inputs[2:])
+        g.output(ops.inplace_custom("mwc_cached_attention_qkv", dev, [kc, vc, qkv, pos],
+                                    out_types=[TensorType(DType.float32, [B, qkv.shape[1], H, D], dev)],
+                                    parameters={"layer": 1})[0].tensor)
     m = sess.load(g)
     rng = np.random.default_rng(1)
     kc, vc = (put(np.zeros((L, B, H, CTX, D), np.float32)) for _ in range(2))
@@ -54,9 +55,8 @@ def test_cached_attention_layouts(device, bthd):
     for t in (3, 1, 1):  # the prompt, then two steps
         q, k, v = (rng.standard_normal((B, H, t, D)).astype(np.float32) for _ in range(3))
         ks.append(k), vs.append(v)
-        args = [_swap(x) if bthd else x for x in (q, k, v)]
-        out = m.execute(*(put(a) for a in args), put(np.array([p0], np.int64)), kc, vc)[0].to_numpy()
-        out = _swap(out) if bthd else out
+        qkv = np.stack([_swap(x) for x in (q, k, v)], axis=2)  # (B, t, 3, H, D): the (B, t, 3 * H * D) projection
+        out = _swap(m.execute(put(qkv), put(np.array([p0], np.int64)), kc, vc)[0].to_numpy())
         want = ref_attention(q, np.concatenate(ks, 2), np.concatenate(vs, 2), causal=True)
         assert np.abs(out - want).max() < 1e-4, (t, p0)
         p0 += t
