@@ -7,6 +7,10 @@
     python tests/gpu_probe.py cross [H:B ...] [S=..]  a decoder step's cross-attention (mwc_layer_attention, 1500 keys, fp16)
                                                      with the keys split over S blocks vs one block per row: error vs
                                                      float64, µs per call (a chain of calls in one graph)
+    python tests/gpu_probe.py linear [M ...]          mwc_ln_linear (layer norm + projection; tests/linear_op/, an
+                                                     experiment the graphs do not use) vs MAX's layer norm + matmul:
+                                                     error vs float64, µs per call, for the decoder's projections
+                                                     of tiny and small, M rows (default 1 16 227)
     python tests/gpu_probe.py pick                    the GPU's fused greedy pick (ops/pick.mojo) vs WhisperGraphs.pick in MAX
                                                      ops, on random logits and rules: tokens, log-probs, no-speech
     python tests/gpu_probe.py mem ARTIFACT [BATCH ...]
@@ -31,6 +35,10 @@ Fourth visit: small b16 attention block 29.7 ms (Mojo) / 28.9 (max), MLP block 0
 Sixth visit (kernels, tiny.en fp16): 102 kernels, 501 µs per step, cross-attention 4 × 27 µs.
 Seventh visit: 73 kernels, 352 µs per step (cross-attention split 4 × 14.9 + 4 × 4.7 µs, pick 10.8 + 7.9 µs); cross
 6:1 19.1 → 12.1 µs (S = 1 → 12), 20:16 84.6 → 60.7 µs (S = 3); pick vs MAX ops 64/64 tokens equal, log-probs 7.2e-7.
+Eighth visit: mwc_ln_linear (tests/linear_op) lost to MAX's layer norm + GEMV — tiny.en step replay 0.367 vs 0.236 ms,
+its kernels (ncu) 12.1 (QKV) / 23 (MLP-in, GELU) / 79 µs (vocabulary); `linear` (eager, launches included), tiny's
+QKV op vs MAX: 1 row 14.7 vs 19.2 µs, 16 rows 21.2 vs 58.6, 227 rows 225 vs 65 (hence its cuBLAS path past 32
+rows; that path was built after the probe); pick (warp-per-row merge) 64/64 tokens equal.
 """
 
 from __future__ import annotations
@@ -63,6 +71,17 @@ def _session(allow_cpu: bool = False):
         return CPU(), DeviceRef.CPU(), InferenceSession(devices=[CPU()])
     gpu = Accelerator()
     return gpu, DeviceRef.GPU(), InferenceSession(devices=[gpu])
+
+
+def _median_s(gpu, model, args: list, runs: int = 12) -> float:
+    """Median seconds of ``model.execute(*args)`` to the device's sync, over ``runs`` calls less the first two."""
+    t = []
+    for _ in range(runs):
+        s0 = time.perf_counter()
+        model.execute(*args)
+        gpu.synchronize()
+        t.append(time.perf_counter() - s0)
+    return statistics.median(t[2:])
 
 
 def _load(artifact: str):
@@ -188,15 +207,6 @@ def cross(args: list[str], chain: int = 64) -> None:
             graphs[s, n] = sess.load(g)
         return graphs[s, n]
 
-    def median_s(m, args) -> float:
-        t = []
-        for _ in range(12):
-            s0 = time.perf_counter()
-            m.execute(*args)
-            gpu.synchronize()
-            t.append(time.perf_counter() - s0)
-        return statistics.median(t[2:])
-
     print("| heads | batch | S | max abs err | µs per call |")
     print("|---|---|---|---|---|")
     for hb in shapes:
@@ -207,8 +217,76 @@ def cross(args: list[str], chain: int = 64) -> None:
         args = [put(q), put(kv[0]), put(kv[1])]
         for s in splits:
             err = np.abs(graph(s, 1).execute(*args)[0].to_numpy() - want).max()
-            per = (median_s(graph(s, chain), args) - median_s(graph(s, 1), args)) / (chain - 1)
+            per = (_median_s(gpu, graph(s, chain), args) - _median_s(gpu, graph(s, 1), args)) / (chain - 1)
             print(f"| {h} | {b} | {s} | {err:.2e} | {per * 1e6:.1f} |", flush=True)
+
+
+def linear_check(args: list[str], chain: int = 8) -> None:
+    """mwc_ln_linear against MAX's layer norm + matmul (+ bias, GELU; the unfused graph's ops, fp16), both against
+    float64 numpy on the same fp16 weights, and µs per call: ``chain`` calls (each on its own copy of the input) in
+    one graph minus one call, over chain - 1. Shapes: tiny's QKV and MLP (GELU), the vocabulary projection of tiny
+    and small (fp32 logits, no bias); M rows each (a step's batch; 227: a prompt's call)."""
+    from math import erf
+
+    from max.driver import Buffer
+    from max.dtype import DType
+    from max.graph import Graph, TensorType, ops
+
+    gpu, dev, sess = _session()
+    rows = [int(a) for a in args] or [1, 16, 227]
+    cases = [("tiny qkv", 384, 1152, False, DType.float16), ("tiny mlp.0 gelu", 384, 1536, True, DType.float16),
+             ("tiny vocab", 384, 51864, False, DType.float32), ("small vocab", 768, 51865, False, DType.float32)]
+    rng = np.random.default_rng(0)
+    put = lambda x: Buffer.from_numpy(np.ascontiguousarray(x)).to(gpu)  # noqa: E731
+
+    def build(fused: bool, c: int, k: int, n: int, gelu: bool, odt):  # c calls, each on its own copy of x
+        types = [TensorType(DType.float16, [k], dev), TensorType(DType.float16, [k], dev),
+                 TensorType(DType.float16, [n, k], dev), TensorType(DType.float16, [n], dev),
+                 *[TensorType(DType.float32, ["m", k], dev)] * c]
+        with Graph(f"lin_{fused}_{c}_{k}_{n}", input_types=types,
+                   custom_extensions=[ROOT / "tests" / "linear_op"]) as g:
+            gv, bv, wv, biv, *xs = (t.tensor for t in g.inputs)
+            outs = []
+            for xv in xs:
+                if fused:
+                    out_t = [TensorType(odt, [xv.shape[0], n], dev)]
+                    y = ops.custom("mwc_ln_linear", dev, [xv, gv, bv, wv, biv], out_t,
+                                   parameters={"gelu": gelu, "width": k})[0].tensor
+                else:
+                    hv = ops.cast(ops.layer_norm(xv, ops.cast(gv, DType.float32), ops.cast(bv, DType.float32), 1e-5),
+                                  DType.float16)
+                    y = hv @ wv.T
+                    y = ops.gelu(y + biv) if gelu else (y + biv if odt == DType.float16 else y)
+                    y = ops.cast(y, odt)
+                outs.append(y)
+            g.output(*outs)
+        return sess.load(g)
+
+    print("| projection | M | fused err | MAX err | fused µs | MAX µs |")
+    print("|---|---|---|---|---|---|")
+    for name, k, n, gelu, odt in cases:
+        g16 = (1 + 0.1 * rng.standard_normal(k)).astype(np.float16)
+        b16 = (0.1 * rng.standard_normal(k)).astype(np.float16)
+        w16 = (rng.standard_normal((n, k)) / np.sqrt(k)).astype(np.float16)
+        bias16 = (0.1 * rng.standard_normal(n) if odt == DType.float16 else np.zeros(n)).astype(np.float16)
+        models = {f: (build(f, 1, k, n, gelu, odt), build(f, chain, k, n, gelu, odt)) for f in (True, False)}
+        for m in rows:
+            x = (rng.standard_normal((m, k)) * 2 + 0.5).astype(np.float32)
+            mu, var = x.mean(1, keepdims=True), x.var(1, keepdims=True)
+            h = ((x - mu) / np.sqrt(var + 1e-5) * g16 + b16).astype(np.float16).astype(np.float64)
+            want = h @ w16.astype(np.float64).T + bias16
+            if gelu:
+                want = 0.5 * want * (1 + np.vectorize(erf)(want / np.sqrt(2)))
+            inputs = [put(g16), put(b16), put(w16), put(bias16)] + [put(x) for _ in range(chain)]
+
+            res = {}
+            for f, (one, many) in models.items():
+                out = one.execute(*inputs[:5])[0].to_numpy().astype(np.float64)
+                res[f] = (float(np.abs(out - want).max()),
+                          (_median_s(gpu, many, inputs[:4 + chain], 10) - _median_s(gpu, one, inputs[:5], 10))
+                          / (chain - 1) * 1e6)
+            print(f"| {name} | {m} | {res[True][0]:.2e} | {res[False][0]:.2e} | {res[True][1]:.1f} | "
+                  f"{res[False][1]:.1f} |", flush=True)
 
 
 def pick_check(rows: int = 64) -> None:
@@ -587,7 +665,8 @@ def kernels(artifact: str, n_steps: int | None = None) -> None:
 
 
 def main() -> None:
-    if len(sys.argv) < 2 or sys.argv[1] not in ("mel", "ops", "cross", "pick", "mem", "steps", "taps", "bf16", "enc", "kernels"):
+    if len(sys.argv) < 2 or sys.argv[1] not in ("mel", "ops", "cross", "linear", "pick", "mem", "steps", "taps", "bf16",
+                                                "enc", "kernels"):
         raise SystemExit(__doc__)
     cmd, rest = sys.argv[1], sys.argv[2:]
     if cmd == "mel":
@@ -596,6 +675,8 @@ def main() -> None:
         op_checks(rest)
     elif cmd == "cross":
         cross(rest)
+    elif cmd == "linear":
+        linear_check(rest)
     elif cmd == "pick":
         pick_check()
     elif cmd == "enc":
