@@ -178,8 +178,8 @@ def main() -> int:
         tb = time_model(get("builtin", H, causal), q, k, v, args.runs)
         rows.append((label, (B, H, Tq, D), Tk, causal, tm, tb))
     print(f"\nbenchmark: median of {args.runs} runs (ms), CPU, fp32")
-    print(f"| case | q shape | Tk | causal | mojo ms | MAX built-ins ms | speed-up |")
-    print(f"|---|---|---|---|---|---|---|")
+    print("| case | q shape | Tk | causal | mojo ms | MAX built-ins ms | speed-up |")
+    print("|---|---|---|---|---|---|---|")
     for label, shp, Tk, causal, tm, tb in rows:
         print(f"| {label} | {shp} | {Tk} | {causal} | {tm:.3f} | {tb:.3f} | {tb / tm:.2f}x |")
     return 0

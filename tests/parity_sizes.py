@@ -80,9 +80,9 @@ def main() -> int:
                          "wall_s": round(wall, 1), "mb": sum(f["bytes"] for f in m["files"].values()) / 1e6,
                          "weights_mb": m["files"]["weights.safetensors"]["bytes"] / 1e6})
             print(json.dumps(rows[-1]), flush=True)
-    print(f"\nrandom weights, true widths/heads/mels/vocab; depth reduced where stated; reference: numpy float64\n")
-    print(f"| size | prec | depth | frames | mel abs | encoder rel | cross K/V rel | logits rel | argmax | pass | "
-          f"MAX compile s | mwc compile wall s | artifact MB (weights) |")
+    print("\nrandom weights, true widths/heads/mels/vocab; depth reduced where stated; reference: numpy float64\n")
+    print("| size | prec | depth | frames | mel abs | encoder rel | cross K/V rel | logits rel | argmax | pass | "
+          "MAX compile s | mwc compile wall s | artifact MB (weights) |")
     print("|" + "---|" * 13)
     for r in rows:
         if "error" in r:
