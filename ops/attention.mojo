@@ -1187,69 +1187,6 @@ def _kv_write_cpu[
                     dst[unsafe_offset=o + c] = src[unsafe_offset=i + c]
 
 
-def _cached_attention[
-    dtype: DType, target: StaticString
-](
-    kcp: Pointer[Scalar[dtype], MutAnyOrigin],
-    vcp: Pointer[Scalar[dtype], MutAnyOrigin],
-    qp: Pointer[Scalar[dtype], MutAnyOrigin],
-    kp: Pointer[Scalar[dtype], MutAnyOrigin],
-    vp: Pointer[Scalar[dtype], MutAnyOrigin],
-    op: Pointer[Scalar[dtype], MutAnyOrigin],
-    posp: Pointer[Int64, MutAnyOrigin],
-    B: Int, H: Int, T: Int, D: Int, CTX: Int,
-    cs: IndexList[3], vcs: IndexList[3],
-    qs: IndexList[3], ks: IndexList[3], vs: IndexList[3], os: IndexList[3],
-    ctx: DeviceContext,
-) raises:
-    """The new keys and values (b, h, t strides ks, vs) into the caches at pos .. pos + T - 1 (strides cs, vcs),
-    then the queries against the cache's first pos + T positions, causal."""
-    comptime if target == "cpu":
-        var p0 = Int(posp[unsafe_offset=0])
-        if p0 < 0 or p0 + T > CTX:
-            raise Error("mwc_cached_attention_qkv: position past the end of the KV cache")
-        _kv_write_cpu[dtype](kcp, kp, p0, B, H, T, D, cs, ks)
-        _kv_write_cpu[dtype](vcp, vp, p0, B, H, T, D, vcs, vs)
-        attention_cpu[dtype, True](
-            qp, kcp, vcp, op, B, H, T, p0 + T, D, qs, cs, vcs, os, ctx,
-        )
-    else:
-        var n = B * H * T * D
-        if n == 0:
-            return
-        if T == 1 and D == 64 and _decode64_ok[dtype](qp, kcp, vcp, op, qs, cs, vcs, os) and (
-            _aligned8(ks) and _aligned8(vs) and (Int(kp) | Int(vp)) % (D64_VW * size_of[dtype]()) == 0
-        ):  # a step: the new key and value go into the cache inside the attention kernel
-            ctx.enqueue_function[_attn_decode64_gpu_kernel[dtype, True, DW64, False, True]](
-                qp, kcp, vcp, op, posp, rebind[Pointer[Float32, MutAnyOrigin]](qp), kp, vp,
-                Int64(ks[0]), Int64(ks[1]), Int64(vs[0]), Int64(vs[1]),
-                Int32(H), Int32(CTX), Int32(1), Int32(CTX),
-                Int64(qs[0]), Int64(qs[1]),
-                Int64(cs[0]), Int64(cs[1]), Int64(cs[2]),
-                Int64(vcs[0]), Int64(vcs[1]), Int64(vcs[2]),
-                Int64(os[0]), Int64(os[1]),
-                Float32(1) / sqrt(Float32(D)),
-                grid_dim=B * H, block_dim=DW64 * 32,
-            )
-            return
-        ctx.enqueue_function[_kv_write_gpu_kernel[dtype]](
-            kcp, kp, posp, Int32(H), Int32(T), Int32(D),
-            Int64(cs[0]), Int64(cs[1]), Int64(cs[2]),
-            Int64(ks[0]), Int64(ks[1]), Int64(ks[2]), Int32(n),
-            grid_dim=(n + 255) // 256, block_dim=256,
-        )
-        ctx.enqueue_function[_kv_write_gpu_kernel[dtype]](
-            vcp, vp, posp, Int32(H), Int32(T), Int32(D),
-            Int64(vcs[0]), Int64(vcs[1]), Int64(vcs[2]),
-            Int64(vs[0]), Int64(vs[1]), Int64(vs[2]), Int32(n),
-            grid_dim=(n + 255) // 256, block_dim=256,
-        )
-        attention_gpu[dtype, True, True](
-            qp, kcp, vcp, op, posp, B, H, T, CTX, D, qs, cs, vcs, os, ctx,
-            rebind[Pointer[Float32, MutAnyOrigin]](qp), 0,
-        )
-
-
 @extensibility.register("mwc_cached_attention_qkv")
 struct MwcCachedAttentionQkv:
     """The step's self-attention on the fused QKV projection as it comes out, viewed as (B, T, 3, H, D): q, k and v
@@ -1283,23 +1220,74 @@ struct MwcCachedAttentionQkv:
             or layer >= kc.dim_size(0)
         ):
             raise Error("mwc_cached_attention_qkv: shape mismatch between cache, qkv and the output")
-        if qkv.stride_length(4) != 1 or out_t.stride_length(3) != 1 or kc.stride_length(4) != 1 or vc.stride_length(4) != 1:
+        if (
+            qkv.stride_length(4) != 1 or out_t.stride_length(3) != 1
+            or kc.stride_length(4) != 1 or vc.stride_length(4) != 1
+        ):
             raise Error("mwc_cached_attention_qkv: innermost dims must be contiguous")
-        var qp = rebind[Pointer[Scalar[dtype], MutAnyOrigin]](qkv.unsafe_ptr())
-        var s = IndexList[3](qkv.stride_length(0), qkv.stride_length(3), qkv.stride_length(1))  # b, h, t
-        _cached_attention[dtype, target](
-            rebind[Pointer[Scalar[dtype], MutAnyOrigin]](kc.unsafe_ptr()).unsafe_offset(layer * kc.stride_length(0)),
-            rebind[Pointer[Scalar[dtype], MutAnyOrigin]](vc.unsafe_ptr()).unsafe_offset(layer * vc.stride_length(0)),
-            qp, qp.unsafe_offset(qkv.stride_length(2)), qp.unsafe_offset(2 * qkv.stride_length(2)),
-            rebind[Pointer[Scalar[dtype], MutAnyOrigin]](out_t.unsafe_ptr()),
-            rebind[Pointer[Int64, MutAnyOrigin]](pos.unsafe_ptr()),
-            B, H, T, D, CTX,
-            IndexList[3](kc.stride_length(1), kc.stride_length(2), kc.stride_length(3)),
-            IndexList[3](vc.stride_length(1), vc.stride_length(2), vc.stride_length(3)),
-            s, s, s,
-            IndexList[3](out_t.stride_length(0), out_t.stride_length(2), out_t.stride_length(1)),
-            ctx,
+        var kcp = rebind[Pointer[Scalar[dtype], MutAnyOrigin]](kc.unsafe_ptr()).unsafe_offset(
+            layer * kc.stride_length(0)
         )
+        var vcp = rebind[Pointer[Scalar[dtype], MutAnyOrigin]](vc.unsafe_ptr()).unsafe_offset(
+            layer * vc.stride_length(0)
+        )
+        var qp = rebind[Pointer[Scalar[dtype], MutAnyOrigin]](qkv.unsafe_ptr())
+        var kp = qp.unsafe_offset(qkv.stride_length(2))  # q, k and v: slices 0, 1 and 2 of the fused projection
+        var vp = qp.unsafe_offset(2 * qkv.stride_length(2))
+        var op = rebind[Pointer[Scalar[dtype], MutAnyOrigin]](out_t.unsafe_ptr())
+        var posp = rebind[Pointer[Int64, MutAnyOrigin]](pos.unsafe_ptr())
+        var cs = IndexList[3](kc.stride_length(1), kc.stride_length(2), kc.stride_length(3))
+        var vcs = IndexList[3](vc.stride_length(1), vc.stride_length(2), vc.stride_length(3))
+        var qs = IndexList[3](qkv.stride_length(0), qkv.stride_length(3), qkv.stride_length(1))  # b, h, t
+        var ks = qs
+        var vs = qs
+        var os = IndexList[3](out_t.stride_length(0), out_t.stride_length(2), out_t.stride_length(1))
+        # the new keys and values into the caches at pos .. pos + T - 1, then the queries against the cache's first
+        # pos + T positions, causal
+        comptime if target == "cpu":
+            var p0 = Int(posp[unsafe_offset=0])
+            if p0 < 0 or p0 + T > CTX:
+                raise Error("mwc_cached_attention_qkv: position past the end of the KV cache")
+            _kv_write_cpu[dtype](kcp, kp, p0, B, H, T, D, cs, ks)
+            _kv_write_cpu[dtype](vcp, vp, p0, B, H, T, D, vcs, vs)
+            attention_cpu[dtype, True](
+                qp, kcp, vcp, op, B, H, T, p0 + T, D, qs, cs, vcs, os, ctx,
+            )
+        else:
+            var n = B * H * T * D
+            if n == 0:
+                return
+            if T == 1 and D == 64 and _decode64_ok[dtype](qp, kcp, vcp, op, qs, cs, vcs, os) and (
+                _aligned8(ks) and _aligned8(vs) and (Int(kp) | Int(vp)) % (D64_VW * size_of[dtype]()) == 0
+            ):  # a step: the new key and value go into the cache inside the attention kernel
+                ctx.enqueue_function[_attn_decode64_gpu_kernel[dtype, True, DW64, False, True]](
+                    qp, kcp, vcp, op, posp, rebind[Pointer[Float32, MutAnyOrigin]](qp), kp, vp,
+                    Int64(ks[0]), Int64(ks[1]), Int64(vs[0]), Int64(vs[1]),
+                    Int32(H), Int32(CTX), Int32(1), Int32(CTX),
+                    Int64(qs[0]), Int64(qs[1]),
+                    Int64(cs[0]), Int64(cs[1]), Int64(cs[2]),
+                    Int64(vcs[0]), Int64(vcs[1]), Int64(vcs[2]),
+                    Int64(os[0]), Int64(os[1]),
+                    Float32(1) / sqrt(Float32(D)),
+                    grid_dim=B * H, block_dim=DW64 * 32,
+                )
+                return
+            ctx.enqueue_function[_kv_write_gpu_kernel[dtype]](
+                kcp, kp, posp, Int32(H), Int32(T), Int32(D),
+                Int64(cs[0]), Int64(cs[1]), Int64(cs[2]),
+                Int64(ks[0]), Int64(ks[1]), Int64(ks[2]), Int32(n),
+                grid_dim=(n + 255) // 256, block_dim=256,
+            )
+            ctx.enqueue_function[_kv_write_gpu_kernel[dtype]](
+                vcp, vp, posp, Int32(H), Int32(T), Int32(D),
+                Int64(vcs[0]), Int64(vcs[1]), Int64(vcs[2]),
+                Int64(vs[0]), Int64(vs[1]), Int64(vs[2]), Int32(n),
+                grid_dim=(n + 255) // 256, block_dim=256,
+            )
+            attention_gpu[dtype, True, True](
+                qp, kcp, vcp, op, posp, B, H, T, CTX, D, qs, cs, vcs, os, ctx,
+                rebind[Pointer[Float32, MutAnyOrigin]](qp), 0,
+            )
 
 
 # --------------------------------------------------------------------------- #
@@ -1381,9 +1369,8 @@ def attention_gpu_blas[
     """Row-major S (Tq × Tk) = Q K^T is, for column-major cuBLAS, S^T (Tk × Tq) = op(K) Q^T with K's row-major
     storage read as its transpose; O (Tq × D) = P V likewise is O^T = V^T P^T. Heads are the GEMM batch
     (stride qs[1] etc.), batch rows a loop (their stride need not be H times the head stride). The fp32 scores and
-    the probabilities of as many heads at a time as fit BLAS_SCRATCH bytes (a 1500 × 1500 head
-    costs 13.5 MB: 4 at a time) — every head at once took 162 MB for small (12 heads), and MAX's memory pool keeps
-    its peak."""
+    the probabilities of as many heads at a time as fit BLAS_SCRATCH bytes (a 1500 × 1500 head costs 13.5 MB: 4 at
+    a time) — every head at once took 162 MB for small (12 heads), and MAX's memory pool keeps its peak."""
     if B * H * Tq == 0:
         return
     var per_head = Tq * Tk * (size_of[DType.float32]() + size_of[dtype]())

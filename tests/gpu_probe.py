@@ -290,8 +290,8 @@ def linear_check(args: list[str], chain: int = 8) -> None:
 
 
 def pick_check(rows: int = 64) -> None:
-    """mwc_pick (one kernel per row) against WhisperGraphs.pick written with MAX ops (the CPU's graph), both on
-    this device, on random logits (rows, 3, 51864) and random rules: every interval shape the runtime makes
+    """mwc_pick (two kernels: PICK_BLOCKS blocks per row, then one warp per row) against WhisperGraphs.pick written
+    with MAX ops (the CPU's graph), both on this device, on random logits (rows, 3, 51864) and random rules: every interval shape the runtime makes
     (suppressed tokens, the timestamp rules' ranges, none), timestamps on and off, ties in the logits."""
     from max.driver import Buffer
     from max.dtype import DType
