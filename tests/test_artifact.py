@@ -186,13 +186,15 @@ class _HostRules:
         self.encode, self.decode = model.encode, model.decode
 
 
-@pytest.mark.parametrize("steps_per_sync", [1, 5])
-def test_in_graph_pick_matches_host_rules(tiny_en_model, data, monkeypatch, steps_per_sync):
+@pytest.mark.parametrize("steps_per_sync,lookahead", [(1, False), (5, False), (3, True)])
+def test_in_graph_pick_matches_host_rules(tiny_en_model, data, monkeypatch, steps_per_sync, lookahead):
     """The step graph's greedy pick (filters as masks, KV cache filled in place, the timestamp rules made in the
-    graph from its token history, ``steps_per_sync`` steps between host reads) against the same model's logits
-    filtered by numpy: same tokens, log-probs and no-speech probabilities, window by window."""
+    graph from its token history, ``steps_per_sync`` steps between host reads; with ``lookahead``, as on a GPU,
+    the next run queued before the last one is read) against the same model's logits filtered by numpy: same
+    tokens, log-probs and no-speech probabilities, window by window."""
     model = tiny_en_model
     monkeypatch.setattr(model, "steps_per_sync", steps_per_sync)
+    monkeypatch.setattr(model, "lookahead", lookahead)
     for clip in ["short/jfk.flac", "short/ljspeech_LJ001-0003.flac"]:
         mel = model.log_mel(load_audio(data / clip))
         got = decoding.transcribe(model, model.tokenizer, mel, decoding.DecodingOptions(), model.suppress)

@@ -505,17 +505,24 @@ def graph_picks(model, tokenizer: Tokenizer, filters: list, prompt: np.ndarray, 
                 suppress: tuple[int, ...], sample_len: int):
     """The compiled greedy decoder's picks, one step at a time: (ids (batch,), log-probs, no-speech log-probs on the
     first step, else None). After the prompt's call the steps run ``model.steps_per_sync`` at a time on the device
-    (``greedy_steps``); the caller stops reading when every row has ended, and a run's steps past that are unused."""
+    (``greedy_steps``); the caller stops reading when every row has ended, and a run's steps past that are unused.
+    With ``model.lookahead`` (GPU) the next run is queued before this one's picks are read: the device keeps
+    working while the host reads them, and the run queued when the caller stops is left unread."""
     rules = pick_rules(filters, prompt, sot_index, tokenizer)
     ids, logprob, nospeech, state, _ = model.greedy_step(prompt, audio, None, rules, suppress)
     yield ids, logprob, nospeech
     rules, n_ctx, taken = step_rules(rules), model.dims["n_text_ctx"], 1
-    while taken < sample_len and state.pos < n_ctx:
-        n = min(model.steps_per_sync, sample_len - taken, n_ctx - state.pos)
-        ids, logprobs = model.greedy_steps(state, audio, rules, suppress, n)
-        for j in range(n):
+    queued = []
+    while queued or (taken < sample_len and state.pos < n_ctx):
+        if taken < sample_len and state.pos < n_ctx:
+            n = min(model.steps_per_sync, sample_len - taken, n_ctx - state.pos)
+            queued.append(model.launch_steps(state, audio, rules, suppress, n))
+            taken += n
+            if model.lookahead and len(queued) < 2 and taken < sample_len and state.pos < n_ctx:
+                continue  # queue the next run before reading this one
+        ids, logprobs = model.read_steps(queued.pop(0))
+        for j in range(ids.shape[1]):
             yield ids[:, j], logprobs[:, j], None
-        taken += n
 
 
 def _result(tokenizer: Tokenizer, tokens: np.ndarray, sample_begin: int, sum_logprob: float, no_speech_prob: float,

@@ -20,7 +20,8 @@ from .tokenizer import Tokenizer
 
 # MAX's device memory manager reserves about 90 % of the GPU by default (an H200: 126 GiB for tiny.en); a pool of 1 %
 # grows on demand and keeps a process at what it uses (tiny.en fp16: 1.1 GiB). Models with large cross K/V get more
-# when a GPU artifact loads (``pool_percent``). Set the variable yourself to override both.
+# when a GPU artifact loads (``pool_percent``). Set the variable yourself to override both. The first captured
+# step maps the rest of the pool's budget at once (H200, small fp16: the process ends near context 527 MiB + budget).
 POOL_PERCENT = "MODULAR_DEVICE_CONTEXT_MEMORY_MANAGER_SIZE_PERCENT"
 _POOL_FROM_USER = POOL_PERCENT in os.environ
 os.environ.setdefault(POOL_PERCENT, "1")
@@ -94,10 +95,10 @@ def pool_percent(dims: dict, kv_dtype: str) -> int:
 
 class _StepState:
     """A greedy sequence in the step graph's buffers (K and V caches, token and log-prob history), how many tokens
-    the cache holds and the last pick (the next step's input, where the graph left it)."""
+    the cache holds and the last pick and position (the next step's inputs, where the graph left them)."""
 
     def __init__(self, buffers):
-        self.buffers, self.pos, self.token = buffers, 0, None
+        self.buffers, self.pos, self.token, self.pos_out = buffers, 0, None, None
 
 
 class Whisper:
@@ -162,6 +163,10 @@ class Whisper:
         self._captured: dict = {}  # batch → the captured step graph's inputs and outputs
         self._capture = os.environ.get("MWC_NO_CAPTURE", "") in ("", "0")
         self.steps_per_sync = int(os.environ.get("MWC_STEPS_PER_SYNC") or STEPS_PER_SYNC[m["device"]])
+        # on a GPU the next run of greedy steps is queued before the host reads the last one's picks
+        # (graph_picks), so the device is not idle while the host reads them; MWC_LOOKAHEAD=0 turns it off
+        self.lookahead = self.device is not None and os.environ.get("MWC_LOOKAHEAD", "") in ("", "1")
+        self._staging: dict = {}  # batch → two pairs of pinned host buffers the picks are copied into
 
     def _empty_cache(self, batch: int):
         """A KV cache holding no tokens, for ``batch`` rows (made once per batch size)."""
@@ -229,7 +234,7 @@ class Whisper:
             out = self._replay(batch, args)
         if out is None:
             out = self.models["step"].execute(*(self._in(a) for a in args))
-        token, logprob, nospeech, _ = out
+        token, logprob, nospeech, state.pos_out = out
         first = state.pos == 0
         state.pos += t
         state.token = token
@@ -245,6 +250,12 @@ class Whisper:
 
         On a GPU the step is captured once per batch size as a device graph and replayed: one launch per token
         instead of one per kernel (MWC_NO_CAPTURE=1 runs every step eagerly)."""
+        return self.read_steps(self.launch_steps(state, audio, rules, suppress, n))
+
+    def launch_steps(self, state: _StepState, audio: dict, rules: np.ndarray, suppress: tuple[int, ...], n: int):
+        """``greedy_steps`` without waiting: queues the ``n`` steps and, on a GPU, an asynchronous copy of the
+        picks into pinned host memory (two copies in flight at most: ``read_steps`` each run before launching the
+        one after the next). Returns what ``read_steps`` turns into the picks."""
         if state.pos + n > self.dims["n_text_ctx"]:
             raise ValueError(f"{state.pos + n} tokens exceed the decoder's context of {self.dims['n_text_ctx']}")
         batch = rules.shape[0]
@@ -256,12 +267,37 @@ class Whisper:
                 outs = self.models["step"].execute(*args)
                 args[0], args[1] = outs[0], outs[3]  # the pick and pos + 1, as they came out
         state.pos += n
-        state.token = outs[0]
+        state.token, state.pos_out = outs[0], outs[3]
         span = slice(state.pos - n + 1, state.pos + 1)  # the picks sit one past the token each step was fed
-        return tuple(np.array(to_numpy(buf)[:, span]) for buf in state.buffers[2:])
+        if self.device is None:
+            return span, state.buffers[2:], None
+        slots = self._staging.get(batch)
+        if slots is None:
+            from max.driver import Buffer, Usage
+
+            pinned = Usage.STAGING | Usage.UNTRACKED
+            slots = self._staging[batch] = [[Buffer(b.dtype, b.shape, device=self.device, usage=pinned)
+                                             for b in state.buffers[2:]] for _ in range(2)]
+        host = slots[0]
+        slots.reverse()  # the next run copies into the other pair
+        for h, b in zip(host, state.buffers[2:]):
+            h.inplace_copy_from(b)
+        return span, host, self.device.default_queue.record_event()
+
+    @staticmethod
+    def read_steps(launched) -> tuple[np.ndarray, np.ndarray]:
+        """The picks and log-probs (batch, n) of a ``launch_steps`` run, once its copy has arrived."""
+        span, bufs, event = launched
+        if event is None:
+            return tuple(np.array(to_numpy(b)[:, span]) for b in bufs)
+        event.synchronize()
+        return tuple(np.array(b.to_numpy()[:, span]) for b in bufs)
 
     def _step_args(self, tokens, state: _StepState, audio: dict, rules: np.ndarray, suppress: tuple[int, ...]):
-        return [tokens, np.array([state.pos], dtype=np.int64), audio["cross_k"], audio["cross_v"],
+        # the position as the last step left it on the device (no host copy), or from the host for a prompt
+        pos = state.pos_out if state.pos_out is not None and tokens is state.token else np.array([state.pos],
+                                                                                                  dtype=np.int64)
+        return [tokens, pos, audio["cross_k"], audio["cross_v"],
                 self._bias(suppress), rules, *state.buffers]
 
     def _step_buffers(self, batch: int):
