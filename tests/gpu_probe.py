@@ -14,8 +14,10 @@
     python tests/gpu_probe.py pick                    the GPU's fused greedy pick (ops/pick.mojo) vs WhisperGraphs.pick in MAX
                                                      ops, on random logits and rules: tokens, log-probs, no-speech
     python tests/gpu_probe.py mem ARTIFACT [BATCH ...]
-                                                     nvidia-smi memory after load, the first transcription and W30 at
-                                                     each batch (MWC_NO_CAPTURE=1: without device-graph capture)
+                                                     nvidia-smi memory: the device context, after load, after each
+                                                     stage of a first window (mel, encoder, prompt step, captured
+                                                     steps), a transcription and W30 at each batch
+                                                     (MWC_NO_CAPTURE=1: without device-graph capture)
     python tests/gpu_probe.py taps MODEL PRECISION   the decoder's residual stream after every sub-block vs float64
                                                      (bisects a precision plan; bf16 on the GPU needs MWC_GPU_BF16=1)
     python tests/gpu_probe.py bf16                   the bf16 decoder's suspects in one graph vs numpy
@@ -39,6 +41,8 @@ Eighth visit: mwc_ln_linear (tests/linear_op) lost to MAX's layer norm + GEMV �
 its kernels (ncu) 12.1 (QKV) / 23 (MLP-in, GELU) / 79 µs (vocabulary); `linear` (eager, launches included), tiny's
 QKV op vs MAX: 1 row 14.7 vs 19.2 µs, 16 rows 21.2 vs 58.6, 227 rows 225 vs 65 (hence its cuBLAS path past 32
 rows; that path was built after the probe); pick (warp-per-row merge) 64/64 tokens equal.
+Ninth/tenth visits (mem with stages, small fp16): context 527 MiB, load 1553 (decoder weights copied per graph, 3x),
+encoder +326, prompt +62, the first capture maps the rest of the pool budget (128 GB when the pool is unset).
 """
 
 from __future__ import annotations
@@ -361,12 +365,35 @@ def memory(artifact: str, batches: list[str]) -> None:
 
     from compiler import bench
     from compiler.runtime.audio import load_audio
+    from compiler.runtime.decoding import pick_rules, sot_sequence, step_rules
+    from compiler.runtime import model as runtime
+    from max.driver import Accelerator
 
+    # the device context alone, made under the pool the runtime would choose (read when the first device is made)
+    man = runtime.read_manifest(Path(artifact))
+    if not runtime._POOL_FROM_USER:
+        os.environ[runtime.POOL_PERCENT] = str(runtime.pool_percent(man["dims"], man["precision"]["kv_cache"]))
+    Accelerator()
+    mark("context")
     t0 = time.perf_counter()
     m = _load(artifact)
     rows["load_s"] = round(time.perf_counter() - t0, 3)
     mark("load")
     a = load_audio(JFK)
+    # the first transcription's stages one at a time: which one grows the process
+    mel = m.log_mel(bench.window_30s(a), padding=0)
+    mark("mel")
+    audio = m.encode(mel[None])
+    mark("encoder")
+    tk = m.tokenizer
+    tokens = np.array([sot_sequence(tk, "en" if tk.languages else None, "transcribe", True)], dtype=np.int64)
+    rules = pick_rules([], tokens, 0, tk)
+    suppress = tuple(sorted(set(m.suppress) | {tk.eot, tk.no_timestamps}))
+    state = m.greedy_step(tokens, audio, None, rules, suppress)[3]
+    mark("prompt step")
+    m.greedy_steps(state, audio, step_rules(rules), suppress, 2)
+    mark("steps (capture)")
+    del audio, state
     text = m.transcribe(a, temperature=0.0)["text"]
     mark("transcribe jfk")
     for b in batches:
