@@ -88,6 +88,16 @@ def _median_s(gpu, model, args: list, runs: int = 12) -> float:
     return statistics.median(t[2:])
 
 
+def _greedy_prompt(m, batch: int = 1):
+    """``batch`` rows of the English no-timestamps prompt, its pick rules and the suppressed ids (end-of-text and
+    no-timestamps too, as W30 decodes): what the probes feed ``greedy_step``."""
+    from compiler.runtime.decoding import pick_rules, sot_sequence
+
+    tk = m.tokenizer
+    tokens = np.array([sot_sequence(tk, "en" if tk.languages else None, "transcribe", True)] * batch, dtype=np.int64)
+    return tokens, pick_rules([], tokens, 0, tk), tuple(sorted(set(m.suppress) | {tk.eot, tk.no_timestamps}))
+
+
 def _load(artifact: str):
     from compiler.runtime.model import Whisper
 
@@ -365,8 +375,8 @@ def memory(artifact: str, batches: list[str]) -> None:
 
     from compiler import bench
     from compiler.runtime.audio import load_audio
-    from compiler.runtime.decoding import pick_rules, sot_sequence, step_rules
     from compiler.runtime import model as runtime
+    from compiler.runtime.decoding import step_rules
     from max.driver import Accelerator
 
     # the device context alone, made under the pool the runtime would choose (read when the first device is made)
@@ -385,10 +395,7 @@ def memory(artifact: str, batches: list[str]) -> None:
     mark("mel")
     audio = m.encode(mel[None])
     mark("encoder")
-    tk = m.tokenizer
-    tokens = np.array([sot_sequence(tk, "en" if tk.languages else None, "transcribe", True)], dtype=np.int64)
-    rules = pick_rules([], tokens, 0, tk)
-    suppress = tuple(sorted(set(m.suppress) | {tk.eot, tk.no_timestamps}))
+    tokens, rules, suppress = _greedy_prompt(m)
     state = m.greedy_step(tokens, audio, None, rules, suppress)[3]
     mark("prompt step")
     m.greedy_steps(state, audio, step_rules(rules), suppress, 2)
@@ -412,19 +419,16 @@ def steps(artifact: str, batches: list[str]) -> None:
     runtime calls it (host copies of the inputs and of the picked ids included)."""
     from compiler import bench
     from compiler.runtime.audio import load_audio
-    from compiler.runtime.decoding import pick_rules, sot_sequence, step_rules
+    from compiler.runtime.decoding import step_rules
 
     m = _load(artifact)
     a = load_audio(JFK)
-    tk, n = m.tokenizer, 100
+    n = 100
     for b in map(int, batches or ["1"]):
         bench.w30(m, a, batch=b, n_tokens=8)  # captures the step graph for this batch
         mel = m.log_mel(bench.window_30s(a), padding=0)
         audio = m.encode(np.repeat(mel[None], b, axis=0))
-        prompt = sot_sequence(tk, "en" if tk.languages else None, "transcribe", without_timestamps=True)
-        tokens = np.array([prompt] * b, dtype=np.int64)
-        rules = pick_rules([], tokens, 0, tk)
-        suppress = tuple(sorted(set(m.suppress) | {tk.eot, tk.no_timestamps}))
+        tokens, rules, suppress = _greedy_prompt(m, b)
         _, _, _, state, feed = m.greedy_step(tokens, audio, None, rules, suppress)
         row = {"batch": b}
         t0 = time.perf_counter()

@@ -511,18 +511,24 @@ def graph_picks(model, tokenizer: Tokenizer, filters: list, prompt: np.ndarray, 
     rules = pick_rules(filters, prompt, sot_index, tokenizer)
     ids, logprob, nospeech, state, _ = model.greedy_step(prompt, audio, None, rules, suppress)
     yield ids, logprob, nospeech
-    rules, n_ctx, taken = step_rules(rules), model.dims["n_text_ctx"], 1
-    queued = []
-    while queued or (taken < sample_len and state.pos < n_ctx):
-        if taken < sample_len and state.pos < n_ctx:
-            n = min(model.steps_per_sync, sample_len - taken, n_ctx - state.pos)
+    rules, n_ctx, taken, queued = step_rules(rules), model.dims["n_text_ctx"], 1, []
+
+    def launch():  # queue the next run of steps while the sample and the context have room
+        nonlocal taken
+        n = min(model.steps_per_sync, sample_len - taken, n_ctx - state.pos)
+        if n > 0:
             queued.append(model.launch_steps(state, audio, rules, suppress, n))
             taken += n
-            if model.lookahead and len(queued) < 2 and taken < sample_len and state.pos < n_ctx:
-                continue  # queue the next run before reading this one
+
+    launch()
+    while queued:
+        if model.lookahead:
+            launch()  # before this run is read (at most two queued: launch_steps' two copy slots)
         ids, logprobs = model.read_steps(queued.pop(0))
         for j in range(ids.shape[1]):
             yield ids[:, j], logprobs[:, j], None
+        if not model.lookahead:
+            launch()
 
 
 def _result(tokenizer: Tokenizer, tokens: np.ndarray, sample_begin: int, sum_logprob: float, no_speech_prob: float,
