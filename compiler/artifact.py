@@ -2,10 +2,11 @@
 
 An artifact folder:
   manifest.json         schema version, dims, precision plan, source + hash, versions, graph I/O, every file's sha256
-  model.mef             the mel, encoder, decoder, kv_gather and alignment graphs compiled into one MAX executable
+  model.mef             the mel, encoder and step graphs compiled into one MAX executable (greedy decoding)
+  extras.mef            the decoder (whole logits), kv_gather and alignment graphs, loaded on first use
   weights.safetensors   weights in the names, layout and dtype the graphs bind (incl. the mel filterbank)
   vocab.json            id → token table for decoding (tokenizer.json is copied too when the checkpoint has one)
-  ops.mojoc             the project's Mojo ops, precompiled (already inside model.mef; kept for rebuilding graphs)
+  ops.mojoc             the project's Mojo ops, precompiled (already inside the .mefs; kept for rebuilding graphs)
   parity.json           compile-time parity of each stage against the numpy reference
   mwc_runtime/          the runtime (max + numpy only): the same modules the mwc library runs
   loader.py             generated entry point: ``python loader.py audio.wav`` or ``load(dir).transcribe(path)``
@@ -168,7 +169,7 @@ def write_artifact(ck: Checkpoint, plan: PrecisionPlan, out: Path, *, device: st
     from max.driver import CPU, Accelerator, accelerator_count
     from max.engine import InferenceSession
     from max.graph import DeviceRef
-    from .graph import build_graphs, signature
+    from .graph import MEF_FILES, build_graphs, signature
     from .loader import render_loader
     from .weights import graph_weights, save_weights
 
@@ -204,10 +205,10 @@ def write_artifact(ck: Checkpoint, plan: PrecisionPlan, out: Path, *, device: st
         save_weights(weights, tmp / "weights.safetensors", plan)
         timings["weights_s"] = time.perf_counter() - t
 
-        t = stage("graph: build mel, encoder and decoder")
+        t = stage("graph: build mel, encoder, step (model.mef); decoder, kv_gather, alignment (extras.mef)")
         graph_device = DeviceRef.GPU() if device == "gpu" else DeviceRef.CPU()
         heads, heads_source = ck.alignment_heads()
-        module, graphs = build_graphs(ck.dims, plan, graph_device, ops_dir, attention=attention,
+        modules, graphs = build_graphs(ck.dims, plan, graph_device, ops_dir, attention=attention,
                                       alignment_heads=heads)
         timings["build_s"] = time.perf_counter() - t
 
@@ -216,13 +217,14 @@ def write_artifact(ck: Checkpoint, plan: PrecisionPlan, out: Path, *, device: st
             accelerator = Accelerator() if device == "gpu" else None
             accelerator_name = accelerator.architecture_name if accelerator else None
             session = InferenceSession(devices=[accelerator or CPU()])
-            try:
-                # a Module does not carry its graphs' custom_extensions: the session must be given them
-                compiled = session.compile(module, custom_extensions=[ops_dir])
-            except Exception as e:  # the MAX compiler raises several types; all mean the same to the user
-                raise MwcError(f"{ck.source}: MAX failed to compile the graphs ({type(e).__name__}: "
-                               f"{str(e).strip().splitlines()[-1][:300] if str(e).strip() else ''})") from e
-            compiled.export_mef(str(tmp / "model.mef"))
+            for file, module in modules.items():
+                try:
+                    # a Module does not carry its graphs' custom_extensions: the session must be given them
+                    compiled = session.compile(module, custom_extensions=[ops_dir])
+                except Exception as e:  # the MAX compiler raises several types; all mean the same to the user
+                    raise MwcError(f"{ck.source}: MAX failed to compile the graphs of {file} ({type(e).__name__}: "
+                                   f"{str(e).strip().splitlines()[-1][:300] if str(e).strip() else ''})") from e
+                compiled.export_mef(str(tmp / file))
         timings["compile_s"] = time.perf_counter() - t
 
         t = stage("ops: precompile the Mojo kernels")
@@ -255,9 +257,11 @@ def write_artifact(ck: Checkpoint, plan: PrecisionPlan, out: Path, *, device: st
                        # cross-compiled: built without the GPU (MAX's compile-only mode), host code for ``cpu``
                        **({"cross_compiled": True, "cpu": cross_cpu()} if arch else {})},
             "attention": attention,
-            "serialization": {"format": "mef", "file": "model.mef",
+            "serialization": {"format": "mef", "files": {f: list(g) for f, g in MEF_FILES.items()},
                               "why": "CompiledModel.export_mef reloads in a new process without compiling; "
-                                     "a serialized graph would need a full recompile on every load"},
+                                     "a serialized graph would need a full recompile on every load",
+                              "split": "the first file is all greedy decoding loads; the others load on first "
+                                       "use (a GPU holds a copy of the weights for each graph that reads them)"},
             "tokens": ck.tokens.to_dict(),
             "generation": ck.generation.to_dict(),
             # the (layer, head) pairs the ``alignment`` graph returns, in order (word timestamps)

@@ -140,7 +140,8 @@ def inspect(artifact: Path, as_json: bool, check: bool) -> None:
         else:
             state = "not checked (compiled with --no-parity)"
         click.echo(f"  parity     {state}")
-        click.echo(f"  graphs     {', '.join(m.get('graphs', {}))}  ({m['serialization']['format']})")
+        for file, names in m["serialization"]["files"].items():
+            click.echo(f"  {file:10s} {', '.join(names)}")
         for rel, f in m["files"].items():
             if "/" not in rel:
                 click.echo(f"  file       {rel:22s} {f['bytes'] / 1e6:9.2f} MB  {f['sha256'][:12]}")
@@ -321,20 +322,24 @@ def transcribe(artifact: Path, audio: tuple[Path, ...], language: str | None, ta
                                         without_timestamps=without_timestamps, chunked=chunked, **kwargs)
     except ValueError as e:  # language / task the model cannot do
         raise MwcError(f"{artifact}: {e}") from e
-    for path, result in zip(audio, results):
-        if isinstance(result, AudioError):
-            bar.echo(f"error: {result}", err=True)
-            failed += 1
-            continue
-        bar.echo(result["text"] if len(audio) == 1 else f"{path}\t{result['text']}")
-        if output_dir is not None:
-            try:
-                written = write_result(result, path, output_dir, output_format or "all")
-            except OSError as e:
-                bar.echo(f"error: {path}: cannot write the transcript into {output_dir} ({e})", err=True)
+    try:
+        for path, result in zip(audio, results):
+            if isinstance(result, AudioError):
+                bar.echo(f"error: {result}", err=True)
                 failed += 1
                 continue
-            bar.echo(f"  wrote {', '.join(Path(w).name for w in written)}", err=True)
+            bar.echo(result["text"] if len(audio) == 1 else f"{path}\t{result['text']}")
+            if output_dir is not None:
+                try:
+                    written = write_result(result, path, output_dir, output_format or "all")
+                except OSError as e:
+                    bar.echo(f"error: {path}: cannot write the transcript into {output_dir} ({e})", err=True)
+                    failed += 1
+                    continue
+                bar.echo(f"  wrote {', '.join(Path(w).name for w in written)}", err=True)
+    except ArtifactError as e:  # a graph file loaded on first use (beam search, word timestamps) failed
+        bar.close()
+        raise MwcError(str(e)) from e
     bar.close()
     click.echo(f"  {len(audio) - failed} of {len(audio)} files, {bar.seconds:.1f} s of audio in "
                f"{time.perf_counter() - t0:.2f} s (batch {batch})", err=True)

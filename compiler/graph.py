@@ -1,6 +1,6 @@
 """MAX graphs for Whisper, block by block against openai/whisper's model.py.
 
-One ``Module`` holds three graphs that compile into one .mef:
+The graphs (two Modules, one .mef each: ``MEF_FILES``):
   ``mel``      audio (samples,) → log-mel (n_mels, samples // 160)             [Mojo op ``mwc_log_mel``]
   ``encoder``  mel (batch, n_mels, frames) → audio features (batch, frames/2, d), and every decoder layer's
                cross-attention K and V (layers, batch, heads, frames/2, 64), computed once per window
@@ -12,6 +12,8 @@ The decoder also picks the greedy token itself (``pick``): the logit rules arriv
 and a few integers per row (see ``PICK_RULES``), so a greedy step returns the next token ids (fed straight back
 as the next ``tokens``), their log-probs and the no-speech log-prob; the (batch, t, vocab) logits stay an output
 for sampling, beam search and parity, but a greedy loop never copies them to the host.
+  ``step``     the greedy decoder with a fixed-size KV cache and token history it updates in place (``build_step``)
+  ``kv_gather``, ``alignment``  beam search's row gather, word timestamps' cross-attention scores (``AuxGraphs``)
 Attention runs as the Mojo op ``mwc_attention`` (``attention``). The encoder's self-attention (1500 × 1500, not
 causal) can run instead as MAX's matmul + softmax ("max": two batched matmuls, tensor cores on a GPU) or, GPU only,
 MAX's flash attention kernel ("flash", ``mo.mha.no_cache``); the decoder's attention (over the cache, and
@@ -491,24 +493,33 @@ class AuxGraphs(WhisperGraphs):
         return g
 
 
+# the artifact's .mef files and the graphs each holds. A GPU gets a copy of a graph's weights for every graph that
+# reads them (MAX 26.7 binds the registry per graph), so greedy decoding — mel, encoder, step — loads one file and
+# one copy of the decoder's weights; the graphs that return whole logits (sampling, beam search, language
+# probabilities, parity), kv_gather and alignment (word timestamps) sit in a second file loaded on first use
+MEF_FILES = {"model.mef": ("mel", "encoder", "step"), "extras.mef": ("decoder", "kv_gather", "alignment")}
+
+
 def build_graphs(dims: ModelDimensions, plan: PrecisionPlan, device: DeviceRef, ops_dir: Path,
                  attention: str = "mojo", alignment_heads: list[tuple[int, int]] | None = None
-                 ) -> tuple[Module, dict[str, Graph]]:
-    """The artifact's graphs in one Module, and each Graph by name (their signatures go into the manifest).
-    ``alignment_heads`` (layer, head) pairs: the checkpoint's, else openai's default."""
-    module = Module()
+                 ) -> tuple[dict[str, Module], dict[str, Graph]]:
+    """The artifact's graphs: one Module per .mef file (``MEF_FILES``), and each Graph by name (their signatures go
+    into the manifest). ``alignment_heads`` (layer, head) pairs: the checkpoint's, else openai's default."""
+    modules = {name: Module() for name in MEF_FILES}
+    home = {g: modules[f] for f, names in MEF_FILES.items() for g in names}
     b = WhisperGraphs(dims, plan, device, attention)
     aux = AuxGraphs(dims, plan, device, attention)
     heads = [tuple(h) for h in alignment_heads] if alignment_heads else default_alignment_heads(dims)
-    graphs = {"mel": b.build_mel(module, ops_dir), "encoder": b.build_encoder(module, ops_dir),
-              "decoder": b.build_decoder(module, ops_dir), "step": b.build_step(module, ops_dir),
-              "kv_gather": aux.build_kv_gather(module), "alignment": aux.build_alignment(module, ops_dir, heads)}
-    return module, graphs
+    graphs = {"mel": b.build_mel(home["mel"], ops_dir), "encoder": b.build_encoder(home["encoder"], ops_dir),
+              "decoder": b.build_decoder(home["decoder"], ops_dir), "step": b.build_step(home["step"], ops_dir),
+              "kv_gather": aux.build_kv_gather(home["kv_gather"]),
+              "alignment": aux.build_alignment(home["alignment"], ops_dir, heads)}
+    return modules, graphs
 
 
 def build_module(dims: ModelDimensions, plan: PrecisionPlan, device: DeviceRef, ops_dir: Path,
-                 attention: str = "mojo", alignment_heads: list[tuple[int, int]] | None = None) -> Module:
-    """The artifact's graphs (``build_graphs`` without the Graph objects)."""
+                 attention: str = "mojo", alignment_heads: list[tuple[int, int]] | None = None) -> dict[str, Module]:
+    """The artifact's Modules by .mef file (``build_graphs`` without the Graph objects)."""
     return build_graphs(dims, plan, device, ops_dir, attention, alignment_heads)[0]
 
 

@@ -408,6 +408,9 @@ def memory(artifact: str, batches: list[str]) -> None:
         r = bench.w30(m, a, batch=int(b), n_tokens=100)
         mark(f"w30 b{b}")
         rows[f"w30 b{b}"].update({k: round(r[k], 3) for k in ("encoder_ms", "prefill_ms", "step_ms")})
+    rows["graphs loaded"] = sorted(m.models.keys())  # a greedy run: model.mef's alone
+    m.decode(tokens, m.encode(mel[None]), None)  # the whole-logits decoder graph: extras.mef loads
+    mark("extras.mef (decoder)")
     stop.set()
     env = {k: v for k, v in os.environ.items() if k.startswith(("MODULAR_DEVICE", "MWC_"))}
     print(json.dumps({"artifact": artifact, "env": env, "text": text[:60], **rows}))

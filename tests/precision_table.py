@@ -128,7 +128,7 @@ def verify_artifact(art: Path, args, log) -> dict:
     report["manifest"] = {k: m[k] for k in ("name", "precision", "calibration", "timings", "device", "source")
                           if k in m}
     report["bytes"] = {"folder": folder_bytes(art), "weights": (art / "weights.safetensors").stat().st_size,
-                       "mef": (art / "model.mef").stat().st_size}
+                       "mef": sum(f.stat().st_size for f in art.glob("*.mef"))}
     if saved is not None:
         saved.parent.mkdir(parents=True, exist_ok=True)
         saved.write_text(json.dumps(report, indent=1))

@@ -26,12 +26,12 @@ def normalize(text: str) -> str:
 
 def test_manifest_and_checksums(tiny_en_artifact):
     m = json.loads((tiny_en_artifact / "manifest.json").read_text())
-    assert m["schema_version"] == 3 and m["name"] == "whisper-tiny.en"
+    assert m["schema_version"] == 4 and m["name"] == "whisper-tiny.en"
     assert m["versions"]["max"] == "26.7.0" and m["versions"]["mojo"] == "1.2.0"
     assert m["precision"]["name"] == "fp32" and m["dims"]["n_mels"] == 80
     assert m["attention"] == "mojo"  # --attention auto on the CPU
     assert {"mel", "encoder", "decoder", "step", "kv_gather", "alignment"} <= set(m["graphs"])
-    for f in ("model.mef", "weights.safetensors", "vocab.json", "ops.mojoc", "parity.json", "loader.py",
+    for f in ("model.mef", "extras.mef", "weights.safetensors", "vocab.json", "ops.mojoc", "parity.json", "loader.py",
               "mwc_runtime/model.py"):
         assert f in m["files"], f
     assert json.loads((tiny_en_artifact / "parity.json").read_text())["passed"]
@@ -62,6 +62,40 @@ def test_damaged_mef_is_one_line_naming_it(tiny_en_artifact, tmp_path):
     lines = r.stderr.strip().splitlines()
     assert r.returncode != 0 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
     assert "model.mef" in lines[0] and "max==" in lines[0] and "recompile" in lines[0]
+
+
+def test_greedy_decoding_loads_only_the_first_mef(tiny_en_artifact, data):
+    """Greedy decoding runs on model.mef's graphs (mel, encoder, step) alone; the whole-logits decoder, kv_gather and
+    alignment graphs (extras.mef) load on their first use: on a GPU each graph holds its own copy of the weights."""
+    from compiler.runtime.model import Whisper
+
+    m = Whisper(tiny_en_artifact)
+    assert set(m.models.keys()) == {"mel", "encoder", "step"} and "alignment" in m.models
+    assert normalize(m.transcribe(data / "short" / "jfk.flac")["text"]) == normalize(JFK)
+    assert set(m.models.keys()) == {"mel", "encoder", "step"}
+    r = m.transcribe(data / "short" / "jfk.flac", beam_size=2)  # beam search: the decoder and kv_gather graphs
+    assert normalize(r["text"]) == normalize(JFK)
+    assert set(m.models.keys()) == {"mel", "encoder", "step", "decoder", "kv_gather", "alignment"}
+
+
+@pytest.mark.parametrize("flags", [[], ["--beam-size", "2"]])
+def test_damaged_or_missing_extras_mef_is_one_line(tiny_en_artifact, tmp_path, flags):
+    """extras.mef loads on first use: missing, the artifact refuses to load; truncated, greedy decoding still runs
+    and beam search stops with one line naming the file."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_en_artifact, copy)
+    mef = copy / "extras.mef"
+    mef.write_bytes(mef.read_bytes()[: mef.stat().st_size // 2])
+    r = mwc("transcribe", str(copy), str(ROOT / "examples" / "jfk.flac"), *flags)
+    if not flags:
+        assert r.returncode == 0 and normalize(r.stdout) == normalize(JFK), r.stderr
+        mef.unlink()
+        r = mwc("transcribe", str(copy), str(ROOT / "examples" / "jfk.flac"))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode != 0 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "extras.mef" in lines[0] and ("recompile" in lines[0]), lines[0]
 
 
 @pytest.mark.parametrize("clip", ["short/jfk.flac", "edge/short_0.2s_16k.wav", "edge/silence_30s_16k.wav",

@@ -87,3 +87,25 @@ def test_base_language_and_transcripts(base_model, data):
         got = base_model.transcribe(data / clip)
         assert got["language"] == ref[clip]["language"], clip
         assert normalize(got["text"]) == normalize(ref[clip]["hyp"]), clip
+
+
+def test_language_from_the_step_graph_matches_the_logits(base_model, data):
+    """A compiled model detects the language in its greedy step graph (every token but the languages suppressed),
+    so a greedy run never loads the whole-logits decoder graph: the same languages as the argmax of that graph's
+    logits, one window per clip, detected as one batch."""
+    import numpy as np
+
+    from compiler.runtime.audio import N_FRAMES, load_audio
+    from compiler.runtime.decoding import detect_languages
+    from compiler.runtime.model import Whisper
+
+    fresh = Whisper(base_model.folder)
+    mels = np.stack([fresh.log_mel(load_audio(data / clip))[:, :N_FRAMES] for clip in CLIPS])
+    audio = fresh.encode(mels)
+    got = detect_languages(fresh, fresh.tokenizer, audio, len(CLIPS))
+    assert set(fresh.models.keys()) == {"mel", "encoder", "step"}
+
+    class LogitsOnly:  # the model interface without greedy_step: detection from the decoder graph's logits
+        decode = fresh.decode
+
+    assert got == detect_languages(LogitsOnly(), fresh.tokenizer, audio, len(CLIPS)) == ["de", "fr", "es", "fr", "en"]

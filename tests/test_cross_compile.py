@@ -32,7 +32,9 @@ def test_cross_compile_for_an_h100(tmp_path):
     assert [(i["dtype"], i["shape"]) for i in step[8:]] == [  # each row's token and log-prob history
         ("DType.int64", [None, SMALL.n_text_ctx + 1]), ("DType.float32", [None, SMALL.n_text_ctx + 1])]
     assert not (out / "parity.json").exists()  # nothing ran here: `mwc verify` on the GPU writes it
-    assert (out / "model.mef").stat().st_size > 1_000_000
+    assert m["serialization"]["files"] == {"model.mef": ["mel", "encoder", "step"],
+                                           "extras.mef": ["decoder", "kv_gather", "alignment"]}
+    assert all((out / f).stat().st_size > 1_000_000 for f in m["serialization"]["files"])
     r = mwc("inspect", str(out), "--check")
     assert r.returncode == 0 and "gpu (sm_90a)" in r.stdout, r.stdout
     assert f"{m['target']['cpu']}, cross-compiled" in r.stdout, r.stdout

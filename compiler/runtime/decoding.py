@@ -21,6 +21,7 @@ batch per ``batch_key`` (``decode_requests``, ``decode_windows``). ``transcribe`
 
 from __future__ import annotations
 
+import functools
 import zlib
 from dataclasses import dataclass, field, replace
 
@@ -215,11 +216,24 @@ def sot_sequence(tokenizer: Tokenizer, language: str | None, task: str, without_
 
 def detect_languages(model, tokenizer: Tokenizer, audio_features, n: int = 1) -> list[str]:
     """For each of the ``n`` rows of an encoder output, the language token with the highest logit after
-    <|startoftranscript|> (multilingual models only)."""
-    logits, _ = model.decode(np.full((n, 1), tokenizer.sot, dtype=np.int64), audio_features, None)
+    <|startoftranscript|> (multilingual models only). A compiled model picks it in its greedy ``step`` graph with
+    every other token suppressed (the same argmax; its whole-logits decoder graph then need not load)."""
     codes = list(tokenizer.languages)
     ids = [tokenizer.languages[c] for c in codes]
+    sot = np.full((n, 1), tokenizer.sot, dtype=np.int64)
+    if hasattr(model, "greedy_step"):
+        rules = np.zeros((n, PICK_RULES), dtype=np.int64)  # no intervals, no timestamp rule
+        picks = model.greedy_step(sot, audio_features, None, rules, _all_but(model.dims["n_vocab"], tuple(ids)))[0]
+        code = dict(zip(ids, codes))
+        return [code[int(t)] for t in picks]
+    logits, _ = model.decode(sot, audio_features, None)
     return [codes[int(np.argmax(logits[k, -1, ids]))] for k in range(n)]
+
+
+@functools.lru_cache(maxsize=4)
+def _all_but(n_vocab: int, keep: tuple[int, ...]) -> tuple[int, ...]:
+    """Every token id but ``keep``, as a suppress set."""
+    return tuple(sorted(set(range(n_vocab)) - set(keep)))
 
 
 def detect_language(model, tokenizer: Tokenizer, audio_features) -> str:

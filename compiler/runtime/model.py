@@ -1,4 +1,4 @@
-"""Load a compiled artifact (model.mef + weights.safetensors + manifest.json) and transcribe with it.
+"""Load a compiled artifact (model.mef, extras.mef, weights.safetensors, manifest.json) and transcribe with it.
 
 Needs only ``max`` and ``numpy`` (plus PyAV or soundfile for audio other than 16 kHz 16-bit wav).
 """
@@ -32,8 +32,9 @@ NEG = -1e30  # a masked logit (graph.NEG)
 # a long file's chunks decoded together by default (transcribe_chunked, --chunked): on an H200 tiny.en's 600 s file
 # (22 chunks) took 0.273 s at 16 and 0.171 s at 32, base 0.330 / 0.238 s; a CPU step's time grows with the rows
 CHUNKED_BATCH_SIZE = {"gpu": 32, "cpu": 16}
-SCHEMA_VERSION = 3  # 2: the decoder graph takes pick rules and returns the greedy pick; 3: the step graph keeps each
-# row's token history on the device and makes the timestamp rules itself (several steps per host round trip)
+SCHEMA_VERSION = 4  # 2: the decoder graph takes pick rules and returns the greedy pick; 3: the step graph keeps each
+# row's token history on the device and makes the timestamp rules itself (several steps per host round trip);
+# 4: two .mef files — greedy decoding loads only the first (serialization.files)
 # greedy steps run back to back on a GPU before the host reads their picks (MWC_STEPS_PER_SYNC overrides); a row that
 # ends inside a run costs the rest of the run. On the CPU a step's execute returns only when it is done: one at a time
 STEPS_PER_SYNC = {"gpu": 8, "cpu": 1}
@@ -93,6 +94,26 @@ def pool_percent(dims: dict, kv_dtype: str) -> int:
     return 10 if cross > 1 << 30 else 1
 
 
+class _Graphs(dict):
+    """The artifact's graphs by name. The first .mef's load with the artifact; a graph of a later one loads its
+    whole file on first use (``load(file)`` → {name: Model}), so a greedy run never holds their weights."""
+
+    def __init__(self, files: dict[str, list[str]], load):
+        super().__init__()
+        self._file = {g: f for f, names in files.items() for g in names}
+        self._load = load
+        self.update(load(next(iter(files))))
+
+    def __missing__(self, name: str):
+        if name not in self._file:
+            raise KeyError(name)
+        self.update(self._load(self._file[name]))
+        return dict.__getitem__(self, name)
+
+    def __contains__(self, name) -> bool:
+        return name in self._file
+
+
 class _StepState:
     """A greedy sequence in the step graph's buffers (K and V caches, token and log-prob history), how many tokens
     the cache holds and the last pick and position (the next step's inputs, where the graph left them)."""
@@ -144,16 +165,23 @@ class Whisper:
         except (OSError, ValueError) as e:
             raise ArtifactError(f"{self.folder / 'weights.safetensors'}: cannot be read ({e}); the artifact is "
                                 "damaged — recompile it") from e
-        try:
-            compiled = engine.read(self.folder / "model.mef")
-            self.models = self.session.init_all(compiled, weights_registry=registry)
-        except Exception as e:  # MAX raises ValueError/RuntimeError for foreign or corrupt MEFs
-            cpu, gpu = m["target"]["arch"], m["target"].get("accelerator")
-            tied = (f"max=={want}, a {gpu} GPU and the compiling CPU ({cpu}) — recompile here or with --target "
-                    f"cuda:{self.device.architecture_name}") if gpu else (
-                f"max=={want} and the compiling CPU ({cpu}) — recompile")
-            raise ArtifactError(f"{self.folder / 'model.mef'}: cannot be loaded here ({e}); the .mef is tied to "
-                                f"{tied}") from e
+
+        def load(file: str) -> dict:
+            try:
+                return self.session.init_all(engine.read(self.folder / file), weights_registry=registry)
+            except Exception as e:  # MAX raises ValueError/RuntimeError for foreign or corrupt MEFs
+                cpu, gpu = m["target"]["arch"], m["target"].get("accelerator")
+                tied = (f"max=={want}, a {gpu} GPU and the compiling CPU ({cpu}) — recompile here or with --target "
+                        f"cuda:{self.device.architecture_name}") if gpu else (
+                    f"max=={want} and the compiling CPU ({cpu}) — recompile")
+                raise ArtifactError(f"{self.folder / file}: cannot be loaded here ({e}); the .mef is tied to "
+                                    f"{tied}") from e
+
+        files = m["serialization"]["files"]
+        for file in files:  # the later files load on first use: a missing one is said now, not mid-transcription
+            if not (self.folder / file).is_file():
+                raise ArtifactError(f"{self.folder / file}: missing; the artifact is incomplete — recompile it")
+        self.models = _Graphs(files, load)
         self.tokenizer = Tokenizer.from_file(self.folder / "vocab.json", m["tokens"])
         self.suppress = suppress_ids(self.tokenizer, m["generation"]["suppress_tokens"])
         self.load_seconds = time.perf_counter() - t0
