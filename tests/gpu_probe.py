@@ -382,7 +382,7 @@ def memory(artifact: str, batches: list[str]) -> None:
     # the device context alone, made under the pool the runtime would choose (read when the first device is made)
     man = runtime.read_manifest(Path(artifact))
     if not runtime._POOL_FROM_USER:
-        os.environ[runtime.POOL_PERCENT] = str(runtime.pool_percent(man["dims"], man["precision"]["kv_cache"]))
+        os.environ.update(runtime.pool_setting(man["dims"], man["precision"]["kv_cache"]))
     Accelerator()
     mark("context")
     t0 = time.perf_counter()

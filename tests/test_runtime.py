@@ -217,17 +217,18 @@ def test_steps_in_one_round_trip_feed_each_pick_on_the_device():
 
 
 def test_memory_pool_grows_with_the_cross_attention_cache():
-    """MAX's device pool: 1 % of the GPU up to small, 10 % where 16 windows' cross K/V pass 1 GiB (at 1 % large-v3's
-    batch-16 step could not be captured on the H200); turbo's 4 decoder layers stay at 1 %."""
+    """MAX's device pool: 1 GiB up to small, 10 % of the GPU where 16 windows' cross K/V pass 1 GiB (at 1 % large-v3's
+    batch-16 step could not be captured on the H200); turbo's 4 decoder layers stay at 1 GiB."""
     from dataclasses import asdict
 
     from helpers import SIZES
 
-    from compiler.runtime.model import pool_percent
+    from compiler.runtime.model import POOL_PERCENT, POOL_SIZE, pool_setting
 
-    got = {name: pool_percent(asdict(d), "float16") for name, d in SIZES.items()}
-    assert got == {"tiny.en": 1, "base": 1, "small": 1, "medium": 10, "large-v3": 10, "large-v3-turbo": 1}
-    assert pool_percent(asdict(SIZES["small"]), "float32") == 10  # fp32 cross K/V: 1.77 GB for 16 windows
+    gib, ten = {POOL_SIZE: str(1 << 30)}, {POOL_PERCENT: "10"}
+    got = {name: pool_setting(asdict(d), "float16") for name, d in SIZES.items()}
+    assert got == {"tiny.en": gib, "base": gib, "small": gib, "medium": ten, "large-v3": ten, "large-v3-turbo": gib}
+    assert pool_setting(asdict(SIZES["small"]), "float32") == ten  # fp32 cross K/V: 1.77 GB for 16 windows
 
 
 def test_silence_clip_gives_no_words(tiny_en_checkpoint, data):

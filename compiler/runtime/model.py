@@ -18,12 +18,14 @@ from .decoding import (PICK_RULES, DecodingOptions, Progress, detect_language, m
                        transcribe_many)
 from .tokenizer import Tokenizer
 
-# MAX's device memory manager reserves about 90 % of the GPU by default (an H200: 126 GiB for tiny.en); a pool of 1 %
-# grows on demand and keeps a process at what it uses (tiny.en fp16: 1.1 GiB). Models with large cross K/V get more
-# when a GPU artifact loads (``pool_percent``). Set the variable yourself to override both. The first captured
-# step maps the rest of the pool's budget at once (H200, small fp16: the process ends near context 527 MiB + budget).
+# MAX's device memory manager reserves about 90 % of the GPU by default (an H200: 126 GiB for tiny.en). The first
+# captured step maps the rest of the pool's budget at once, so a process ends near device context (527 MiB on an
+# H200) + budget + ~140 MiB: the runtime gives a GPU artifact a budget of 1 GiB, or 10 % of the GPU where the decoder's
+# cross K/V of 16 windows pass 1 GiB (``pool_setting``). Set either variable yourself to override it (a batched
+# workload may want more: tiny.en's 64-clip TP took 0.385 s at 1 GiB and 0.326 s at 1 % of an H200, in two calls).
 POOL_PERCENT = "MODULAR_DEVICE_CONTEXT_MEMORY_MANAGER_SIZE_PERCENT"
-_POOL_FROM_USER = POOL_PERCENT in os.environ
+POOL_SIZE = "MODULAR_DEVICE_CONTEXT_MEMORY_MANAGER_SIZE"  # bytes
+_POOL_FROM_USER = POOL_PERCENT in os.environ or POOL_SIZE in os.environ
 os.environ.setdefault(POOL_PERCENT, "1")
 # It maps that memory in 256 MB pages by default; 32 MB pages keep the process closer still (H200, tiny.en fp16: 721
 # instead of 785 MiB after load, 2101 instead of 2197 after the first transcription; decoder step unchanged).
@@ -84,14 +86,16 @@ def to_numpy(x) -> np.ndarray:
     return x.to_numpy()
 
 
-def pool_percent(dims: dict, kv_dtype: str) -> int:
-    """MAX's device memory pool for a model, in % of the GPU: 1, or 10 when the decoder's cross-attention K and V of
-    16 windows pass 1 GiB (medium and large: large-v3's are 3.9 GB). At 1 % (1.41 GB on an H200) large-v3's batch-16
-    step could not be captured (the pool was used up) and ran eagerly, 32 ms per step instead of 7.7 ms at 10 %;
-    its W30 batch 1 took 446 instead of 304 ms."""
+def pool_setting(dims: dict, kv_dtype: str) -> dict[str, str]:
+    """MAX's device memory pool for a GPU artifact, as the environment variable to set: 1 GiB, or 10 % of the GPU when
+    the decoder's cross-attention K and V of 16 windows pass 1 GiB (medium and large: large-v3's are 3.9 GB).
+    H200, small fp16, greedy: 1687 MiB in all at 1 GiB against 2103 MiB at 1 % (1438 MiB), encoder and steps at
+    the same speed (W30 batch 1 and 16); 896 MiB also held batch 1, but tiny.en at 704 MiB could not capture its
+    batch-16 step (2.09 instead of 0.62 ms). At 1 % large-v3's batch-16 step could not be captured (the pool was
+    used up) and ran eagerly, 32 ms per step instead of 7.7 ms at 10 %."""
     size = 4 if kv_dtype == "float32" else 2
     cross = dims["n_text_layer"] * 2 * 16 * dims["n_audio_ctx"] * dims["n_text_state"] * size
-    return 10 if cross > 1 << 30 else 1
+    return {POOL_PERCENT: "10"} if cross > 1 << 30 else {POOL_SIZE: str(1 << 30)}
 
 
 class _Graphs(dict):
@@ -149,7 +153,7 @@ class Whisper:
             if accelerator_count() == 0:
                 raise ArtifactError(f"{self.folder}: compiled for gpu, but MAX sees no accelerator here")
             if not _POOL_FROM_USER:  # read when the process's first device is made (no effect after that)
-                os.environ[POOL_PERCENT] = str(pool_percent(self.dims, m["precision"]["kv_cache"]))
+                os.environ.update(pool_setting(self.dims, m["precision"]["kv_cache"]))
             self.device = Accelerator()
             built, here = m["target"].get("accelerator"), self.device.architecture_name
             if built and built != here:  # may still load (MAX decides); said up front, and again if it fails
