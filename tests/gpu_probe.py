@@ -43,6 +43,8 @@ QKV op vs MAX: 1 row 14.7 vs 19.2 µs, 16 rows 21.2 vs 58.6, 227 rows 225 vs 65 
 rows; that path was built after the probe); pick (warp-per-row merge) 64/64 tokens equal.
 Ninth/tenth visits (mem with stages, small fp16): context 527 MiB, load 1553 (decoder weights copied per graph, 3x),
 encoder +326, prompt +62, the first capture maps the rest of the pool budget (128 GB when the pool is unset).
+Eleventh visit (model.mef alone for greedy, extras.mef on first use): small load 1009 MiB; the capture ends at 1687
+under the 1 GiB pool (2103 at 1 %); loading extras.mef adds 382–464 MiB.
 """
 
 from __future__ import annotations
