@@ -305,9 +305,6 @@ def transcribe(artifact: Path, audio: tuple[Path, ...], language: str | None, ta
         model = Whisper(artifact)
     except ArtifactError as e:
         raise MwcError(str(e)) from e
-    if word_timestamps and "alignment" not in model.models:
-        raise MwcError(f"{artifact}: compiled without the alignment graph word timestamps need; recompile it with "
-                       "this mwc (mwc compile ... --force)")
     kwargs = dict(temperature=_temperatures(temperature, increment),
                   compression_ratio_threshold=compression_ratio_threshold, logprob_threshold=logprob_threshold,
                   no_speech_threshold=no_speech_threshold, condition_on_previous_text=condition_on_previous_text,

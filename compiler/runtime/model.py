@@ -396,10 +396,8 @@ class Whisper:
     def _gather(self, k, v, ids):
         """Rows ``ids`` of a (layers, batch, heads, len, 64) K/V pair, on the graphs' device."""
         ids = np.asarray(ids, dtype=np.int64)
-        if "kv_gather" in self.models:
-            k, v = self.models["kv_gather"].execute(k, v, self._in(ids))
-            return k, v
-        return tuple(self._in(np.ascontiguousarray(np.take(to_numpy(x), ids, axis=1))) for x in (k, v))
+        k, v = self.models["kv_gather"].execute(k, v, self._in(ids))
+        return k, v
 
     def repeat_audio(self, audio: dict, n: int) -> dict:
         """A window's cross-attention K/V repeated to batch ``n`` (the beams or best_of samples)."""
@@ -422,9 +420,6 @@ class Whisper:
     def align(self, tokens, audio: dict):
         """Logits (t, vocab) and the alignment heads' cross-attention scores (heads, t, n_audio) for one token
         sequence decoded whole (timing.find_alignment)."""
-        if "alignment" not in self.models:
-            raise ArtifactError(f"{self.folder}: this artifact has no alignment graph (word timestamps); recompile "
-                                "it with this mwc")
         tokens = np.ascontiguousarray(np.asarray(tokens, dtype=np.int64).reshape(1, -1))
         logits, qk = self.models["alignment"].execute(self._in(tokens), audio["cross_k"], audio["cross_v"])
         return to_numpy(logits)[0], to_numpy(qk)
